@@ -1,0 +1,563 @@
+"""Task and search-space YAML -> frozen, validated config objects.
+
+One strict loader: every YAML goes through ``yaml.safe_load``, then pydantic v2
+models with ``extra="forbid"`` and strict types. Every problem found (unknown
+key with "did you mean", wrong type, value outside the allowed set, missing or
+empty data, labels outside the schema, inconsistent settings) is collected into
+one :class:`ConfigError` whose lines read ``file: key.path: what is wrong``.
+
+Pure core: never imports torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sde_search import tasks
+from sde_search.design import DIMENSIONS, PRESETS, Design
+
+SPLITS = ("train", "eval_id", "eval_ood", "test_id", "test_ood")
+SEARCHED_SPLITS = ("train", "eval_id", "eval_ood")
+
+
+class ConfigError(Exception):
+    """A user mistake in a task, space or data file; holds every problem found."""
+
+    def __init__(self, problems: Sequence[str]):
+        """Stores the problems; ``str(error)`` lists one per line."""
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Strict):
+    """Where the records are; paths are relative to ``root``, itself relative to the YAML's folder."""
+
+    root: str = Field(".", description="Folder the split paths are relative to (override with --set data.root=...).")
+    train: str = Field(description="Training records (JSONL, CSV or hf:<id>).")
+    eval_id: str = Field(description="In-domain records scored during the search.")
+    eval_ood: str | None = Field(None, description="Out-of-domain records scored during the search "
+                                 "(default: eval_id read with labels.ood_slots, when those differ).")
+    test_id: str | None = Field(None, description="In-domain records for the final report only.")
+    test_ood: str | None = Field(None, description="Out-of-domain records for the final report only.")
+    max_train: int | None = Field(None, ge=1, description="Sub-sample the training set to this size.")
+    max_eval: int | None = Field(None, ge=1, description="Sub-sample each eval set to this size.")
+    max_test: int | None = Field(None, ge=1, description="Sub-sample each test set to this size.")
+    seed: int = Field(0, description="Seed of the sub-sampling.")
+    columns: dict[str, str] = Field({}, description="Record key -> source column, for CSV and hf: sources.")
+
+
+class LabelsConfig(_Strict):
+    """The output schema: slots and (MASA) label values."""
+
+    slots: list[str] = Field(min_length=1, description="Aspects (MASA) or entity/event types.")
+    ood_slots: list[str] | None = Field(None, description="Slots of the OOD sets (paper D1 -> D2); default: slots.")
+    values: list[str] = Field([], description="MASA label values, without the unmentioned label.")
+    unmentioned: str | None = Field(None, description="Placeholder for empty slots (MASA 'unmentioned', else 'none').")
+    numbers: dict[str, int] = Field({}, description="Label -> numeric code for label_style=number (MASA).")
+    synonyms: dict[str, list[str]] = Field({}, description="Label -> accepted synonyms when parsing.")
+
+
+class TemplateConfig(_Strict):
+    """Prompt wording; ``{slots}``, ``{labels}`` and ``{format}`` are filled per design."""
+
+    instruction: str | None = Field(None, description="Instruction template (default: the task type's).")
+    paraphrases: list[str] = Field([], description="Alternative instructions for robustness checks.")
+    separator: str = Field("---", description="Line between instruction and input.")
+    output_cue: str = Field("Output:", description="Line ending the prompt.")
+
+
+class ModelConfig(_Strict):
+    """The base model: ``tiny`` (built from a config, offline) or a local folder / HF name."""
+
+    name: str = Field("tiny", description="'tiny', a local model folder or a HF model name (offline only).")
+    gguf_file: str | None = Field(None, description="A GGUF file inside the model folder to de-quantize.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
+    load_in_4bit: bool = Field(False, description="4-bit loading (needs bitsandbytes and a GPU).")
+    vocab_size: int = Field(400, ge=64, description="tiny: BPE vocabulary trained on the task's texts.")
+    hidden_size: int = Field(64, ge=8, description="tiny: hidden size.")
+    layers: int = Field(2, ge=1, description="tiny: decoder layers.")
+    heads: int = Field(4, ge=1, description="tiny: attention heads.")
+
+
+class TrainConfig(_Strict):
+    """Trial hyper-parameters (the search space's ``train:`` may fix or search any of them)."""
+
+    epochs: int = Field(12, ge=1, description="Passes over the training set.")
+    lr: float = Field(3.0e-3, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(16, ge=1, description="Training batch size.")
+    lora_rank: int = Field(8, ge=1, description="LoRA r.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="LoRA target modules.")
+    reports_per_epoch: int = Field(4, ge=1, description="Evaluations (and ASHA rungs) per epoch.")
+    report_eval_size: int = Field(40, ge=1, description="Eval records per intermediate report (last: all).")
+    eval_batch_size: int = Field(32, ge=1, description="Generation batch size.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation limit (default: from the renders).")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="Decoding penalty (paper: 1.1).")
+    seed: int = Field(0, description="Seed of weights, data order and LoRA init.")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: the trial's CPUs).")
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking."""
+
+    uri: str | None = Field(None, description="Tracking URI (default: sqlite under the run directory).")
+    experiment: str | None = Field(None, description="Experiment name (default: the task name).")
+
+
+Objective = Literal["id", "ood", "mean", "pareto"]
+
+
+class TaskConfig(_Strict):
+    """A task file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Task name (letters, digits, _ . -).")
+    type: str = Field(description="aspect_sentiment | entities | events | a type from plugins.")
+    data: DataConfig
+    labels: LabelsConfig
+    template: TemplateConfig = TemplateConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    objective: Objective = Field("id", description="id | ood | mean | pareto.")
+    search_space: str | None = Field(None, description="Search-space YAML (relative to this file).")
+    tracking: TrackingConfig = TrackingConfig()
+    plugins: list[str] = Field([], description="Modules to import (they may register task types).")
+
+
+class Range(_Strict):
+    """A numeric search range."""
+
+    type: Literal["float", "int"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log ranges need low > 0")
+        return self
+
+
+Scalar = str | int | float | bool
+
+
+class SamplerConfig(_Strict):
+    """The Optuna sampler."""
+
+    name: Literal["tpe", "random", "brute_force"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(4, ge=0)
+    multivariate: bool = True
+
+
+class AshaConfig(_Strict):
+    """ASHA early stopping; ``max_t`` = epochs x reports_per_epoch."""
+
+    enabled: bool = True
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+
+
+class BudgetConfig(_Strict):
+    """How many trials and how many at once."""
+
+    num_samples: int = Field(12, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+
+
+class ResourcesConfig(_Strict):
+    """Per-trial resources."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class SpaceConfig(_Strict):
+    """A search-space file."""
+
+    design: dict[str, str | list[str]] = {}
+    train: dict[str, Scalar | list[Scalar] | Range] = {}
+    sampler: SamplerConfig = SamplerConfig()
+    asha: AshaConfig = AshaConfig()
+    budget: BudgetConfig = BudgetConfig()
+    baselines: list[str] = ["es_sde", "paper_baseline"]
+    resources: ResourcesConfig = ResourcesConfig()
+    reuse_actors: Literal["auto"] | bool = "auto"
+
+    def design_choices(self) -> dict[str, tuple[str, ...]]:
+        """Dimension -> searched values (fixed dimensions give one value; unnamed ones: ES-SDE's)."""
+        base = Design()
+        return {d: tuple(_as_list(self.design.get(d, getattr(base, d)))) for d in DIMENSIONS}
+
+    def size(self) -> int:
+        """Number of distinct designs in the space."""
+        n = 1
+        for values in self.design_choices().values():
+            n *= len(values)
+        return n
+
+
+@dataclass(frozen=True)
+class Task:
+    """A loaded task: its validated config, task type and records per split."""
+
+    config: TaskConfig
+    path: Path
+    kind: tasks.TaskType
+    splits: Mapping[str, tuple[tasks.Record, ...]]
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """In-domain slots."""
+        return tuple(self.config.labels.slots)
+
+    @property
+    def ood_slots(self) -> tuple[str, ...]:
+        """Out-of-domain slots (default: the in-domain ones)."""
+        return tuple(self.config.labels.ood_slots or self.config.labels.slots)
+
+    @property
+    def unmentioned(self) -> str:
+        """The placeholder written for an empty slot."""
+        return self.config.labels.unmentioned or self.kind.placeholder
+
+    def slots_for(self, split: str) -> tuple[str, ...]:
+        """The slots a split is scored on."""
+        return self.ood_slots if split.endswith("_ood") else self.slots
+
+    def gold(self, record: tasks.Record, split: str) -> dict[str, tuple[str, ...]]:
+        """The record's answer on the split's slots."""
+        return self.kind.gold(record, self.slots_for(split), self.unmentioned)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (for "did you mean" suggestions)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        current = current.model_fields[part].annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "list", "int"}))]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    value, kind = err.get("input"), err["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(model, loc)
+        allowed = list(owner.model_fields) if owner else []
+        hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
+        return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if isinstance(value, bool) and kind.startswith("string"):
+        return (f"{key}: got the boolean {value} -- YAML 1.1 reads no/yes/on/off as booleans; "
+                f"quote the word (e.g. \"no\") or use a short lowercase value")
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return f"{key}: {value!r} is read as a string by YAML; write it with a dot and signed exponent, e.g. 1.0e-4"
+    return f"{key}: {err['msg']} (got {value!r})"
+
+
+@contextmanager
+def _collect(problems: list[str], prefix: str) -> Iterator[None]:
+    """Turns pydantic and value errors raised inside into lines of ``problems``."""
+    try:
+        yield
+    except ValidationError as exc:
+        model = exc.title
+        owner = {"TaskConfig": TaskConfig, "SpaceConfig": SpaceConfig}.get(model, TaskConfig)
+        problems.extend(f"{prefix}: {_describe(e, owner)}" for e in _unique_errors(exc.errors()))
+
+
+def _unique_errors(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Union-typed fields report one error per member; keep the first per key."""
+    seen, out = set(), []
+    for e in errors:
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))[:3]
+        key = loc if e["type"] != "extra_forbidden" else e["loc"]
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
+    """Reads a YAML mapping with ``safe_load``; problems are appended, ``{}`` returned on failure."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problems.append(f"{path}: file not found")
+        return {}
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: not valid YAML: {str(exc).splitlines()[0]}")
+        return {}
+    if data is None:
+        problems.append(f"{path}: the file is empty")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+        return {}
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], problems: list[str]) -> dict[str, Any]:
+    """Applies ``key.path=value`` overrides (values parsed as YAML scalars) to a raw mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected key.path=value")
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is not a mapping")
+                break
+        else:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
+    """Loads and validates a task file and its data.
+
+    Args:
+        path: The task YAML.
+        overrides: ``key.path=value`` strings (``--set``), applied before validation.
+
+    Returns:
+        The loaded task.
+
+    Raises:
+        ConfigError: With every problem found.
+    """
+    path = Path(path).resolve()
+    problems: list[str] = []
+    raw = apply_overrides(read_yaml(path, problems), overrides, problems)
+    if problems:
+        raise ConfigError(problems)
+    with _collect(problems, str(path)):
+        tasks.load_plugins(raw.get("plugins") or [])
+    if problems:
+        raise ConfigError(problems)
+    config = None
+    with _collect(problems, str(path)):
+        config = TaskConfig.model_validate(raw)
+    if config is not None:
+        problems.extend(_check_task(config, path))
+    if problems or config is None:
+        raise ConfigError(problems)
+    kind = tasks.TASK_TYPES[config.type]
+    splits = _load_splits(config, path, kind, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Task(config=config, path=path, kind=kind, splits=splits)
+
+
+def _check_task(config: TaskConfig, path: Path) -> list[str]:
+    problems = []
+    if config.type not in tasks.TASK_TYPES:
+        hint = _did_you_mean(config.type, list(tasks.TASK_TYPES))
+        problems.append(f"{path}: type: {config.type!r} is not a task type{hint} "
+                        f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)")
+        return problems
+    kind, labels = tasks.TASK_TYPES[config.type], config.labels
+    if not kind.multi_valued and not labels.values:
+        problems.append(f"{path}: labels.values: {config.type} needs the label values, "
+                        "e.g. [positive, negative, neutral]")
+    unknown = sorted(set(labels.numbers) - set(labels.values) - {labels.unmentioned or kind.placeholder})
+    if unknown:
+        problems.append(f"{path}: labels.numbers: {unknown} are not labels (allowed: {labels.values})")
+    for slot_list in ("slots", "ood_slots"):
+        items = getattr(labels, slot_list) or []
+        dup = sorted({s for s in items if items.count(s) > 1})
+        if dup:
+            problems.append(f"{path}: labels.{slot_list}: duplicate entries {dup}")
+    return problems
+
+
+def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
+                 problems: list[str]) -> dict[str, tuple[tasks.Record, ...]]:
+    root = (path.parent / config.data.root).resolve()
+    sources = {s: getattr(config.data, s) for s in SPLITS}
+    if sources["eval_ood"] is None and config.labels.ood_slots and config.labels.ood_slots != config.labels.slots:
+        sources["eval_ood"] = sources["eval_id"]
+    if sources["test_ood"] is None and sources["test_id"] and config.labels.ood_slots:
+        sources["test_ood"] = sources["test_id"]
+    splits = {}
+    for split, source in sources.items():
+        if source is None:
+            continue
+        where = f"{path}: data.{split}"
+        records = _load_records(source, root, config, kind, where, problems)
+        if records is None:
+            continue
+        limit = config.data.max_train if split == "train" else (
+            config.data.max_eval if split.startswith("eval") else config.data.max_test)
+        splits[split] = tuple(_subsample(records, limit, config.data.seed))
+        _check_records(splits[split], config, kind, split, where, problems)
+    return splits
+
+
+def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
+                  problems: list[str]) -> list[tasks.Record] | None:
+    location = source if source.startswith("hf:") else str(root / source)
+    try:
+        rows = tasks.read_rows(location, columns=config.data.columns)
+    except FileNotFoundError:
+        problems.append(f"{where}: file not found: {location} (paths are relative to data.root = {root})")
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(f"{where}: {location} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None
+    except (ValueError, OSError) as exc:
+        problems.append(f"{where}: {location}: {exc}")
+        return None
+    bad: list[str] = []
+    records = tasks.records_from_rows(rows, kind, lambda i, msg: bad.append(f"{where}: {location} row {i}: {msg}"))
+    problems.extend(bad[:5] + ([f"{where}: ... and {len(bad) - 5} more bad rows"] if len(bad) > 5 else []))
+    if not rows:
+        problems.append(f"{where}: {location} holds no records")
+    return records
+
+
+def _subsample(records: list[tasks.Record], limit: int | None, seed: int) -> list[tasks.Record]:
+    if limit is None or len(records) <= limit:
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]
+
+
+def _check_records(records: Sequence[tasks.Record], config: TaskConfig, kind: tasks.TaskType, split: str,
+                   where: str, problems: list[str]) -> None:
+    labels = config.labels
+    all_slots = list(dict.fromkeys([*labels.slots, *(labels.ood_slots or [])]))
+    unmentioned = labels.unmentioned or kind.placeholder
+    ids = [r.id for r in records]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dup:
+        problems.append(f"{where}: duplicate record ids {dup[:5]}")
+    bad = [(r.id, p) for r in records for p in kind.label_problems(r, all_slots, labels.values, unmentioned)]
+    for rid, p in bad[:5]:
+        problems.append(f"{where}: record {rid}: {p}")
+    if len(bad) > 5:
+        problems.append(f"{where}: ... and {len(bad) - 5} more label problems")
+
+
+def load_space(path: str | Path, overrides: Sequence[str] = ()) -> SpaceConfig:
+    """Loads and validates a search-space file.
+
+    Raises:
+        ConfigError: With every problem found.
+    """
+    path = Path(path).resolve()
+    problems: list[str] = []
+    raw = apply_overrides(read_yaml(path, problems), overrides, problems)
+    if problems:
+        raise ConfigError(problems)
+    space = None
+    with _collect(problems, str(path)):
+        space = SpaceConfig.model_validate(raw)
+    if space is not None:
+        problems.extend(_check_space(space, path))
+    if problems or space is None:
+        raise ConfigError(problems)
+    return space
+
+
+def _check_space(space: SpaceConfig, path: Path) -> list[str]:
+    problems = []
+    for dim, values in space.design.items():
+        if dim not in DIMENSIONS:
+            problems.append(f"{path}: design.{dim}: unknown dimension{_did_you_mean(dim, list(DIMENSIONS))} "
+                            f"(allowed: {', '.join(DIMENSIONS)})")
+            continue
+        for v in _as_list(values):
+            if v not in DIMENSIONS[dim]:
+                problems.append(f"{path}: design.{dim}: {v!r} is not allowed{_did_you_mean(str(v), DIMENSIONS[dim])} "
+                                f"(allowed: {', '.join(DIMENSIONS[dim])})")
+        if isinstance(values, list) and len(set(values)) < len(values):
+            problems.append(f"{path}: design.{dim}: duplicate values in {values}")
+        if isinstance(values, list) and not values:
+            problems.append(f"{path}: design.{dim}: empty list (give at least one value)")
+    for key in space.train:
+        if key not in TrainConfig.model_fields:
+            hint = _did_you_mean(key, list(TrainConfig.model_fields))
+            problems.append(f"{path}: train.{key}: unknown hyper-parameter{hint} "
+                            f"(allowed: {', '.join(TrainConfig.model_fields)})")
+    for name in space.baselines:
+        if name not in PRESETS:
+            problems.append(f"{path}: baselines: {name!r} is not a preset{_did_you_mean(name, list(PRESETS))} "
+                            f"(allowed: {', '.join(PRESETS)})")
+    return problems
+
+
+def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str) -> None:
+    """Cross-checks a task against a space.
+
+    Raises:
+        ConfigError: With every inconsistency found.
+    """
+    problems = []
+    choices = space.design_choices()
+    if "number" in choices["label_style"] and not task.kind.multi_valued and not task.config.labels.numbers:
+        problems.append(f"{space_path}: design.label_style: 'number' needs labels.numbers in {task.path} "
+                        f"(e.g. {{positive: 1, neutral: 0, negative: -1, {task.unmentioned}: -2}})")
+    if {"cot", "reverse_cot"} & set(choices["reasoning"]):
+        missing = [r.id for r in task.splits["train"] if not r.rationales]
+        if missing:
+            problems.append(f"{space_path}: design.reasoning: CoT needs 'rationales' in every training record; "
+                            f"{len(missing)} of {len(task.splits['train'])} lack them (e.g. {missing[0]}); "
+                            f"use reasoning: none for this data")
+    if "none" in choices["instruction"] and task.config.objective in ("ood", "mean", "pareto") \
+            and task.ood_slots != task.slots:
+        problems.append(f"{space_path}: design.instruction: 'none' cannot be scored OOD when labels.ood_slots differ "
+                        f"from labels.slots (objective: {task.config.objective}); drop 'none' or use objective: id")
+    if task.config.objective != "id" and "eval_ood" not in task.splits:
+        problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set "
+                        f"(data.eval_ood or labels.ood_slots)")
+    if space.sampler.name == "tpe" and space.sampler.n_startup_trials >= space.budget.num_samples:
+        problems.append(f"{space_path}: sampler.n_startup_trials: {space.sampler.n_startup_trials} must be below "
+                        f"budget.num_samples ({space.budget.num_samples}), or TPE never runs")
+    if problems:
+        raise ConfigError(problems)

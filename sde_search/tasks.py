@@ -1,0 +1,265 @@
+"""Task types and records: what a task's data looks like and how it is scored.
+
+Three built-in types follow the paper's task families: ``aspect_sentiment``
+(multi-aspect sentiment, MASA), ``entities`` (nested NER) and ``events`` (event
+detection). Each turns a JSON record into a :class:`Record` whose ``answer`` maps
+every *slot* (aspect / entity type / event type) to its values, and scores
+parsed predictions with :mod:`sde_search.metrics`. ``@task_type`` is the only
+registry; a user module listed under ``plugins:`` can register more.
+
+Pure core: never imports torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sde_search import metrics
+
+Answer = Mapping[str, tuple[str, ...]]
+"""Slot -> values. MASA: exactly one label per slot; entities/events: names or triggers (maybe none)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled example, independent of any design.
+
+    Attributes:
+        id: Unique id within its split.
+        text: The input text.
+        answer: Slot -> values, for the slots the record labels.
+        rationales: Slot -> one-line justification (used by CoT designs); may be empty.
+    """
+
+    id: str
+    text: str
+    answer: Answer
+    rationales: Mapping[str, str] = field(default_factory=dict)
+
+
+class TaskType:
+    """Behaviour shared by a family of tasks; subclasses set the class attributes.
+
+    Attributes:
+        name: The ``type:`` value in the task YAML.
+        multi_valued: Whether a slot holds several values (entities, events) or one label (MASA).
+        slot_noun: What a slot is called in instructions ("aspect", "type").
+        value_noun: What a value is called ("label", "entity", "trigger").
+        value_plural: Its plural, used as the JSON field of multi-valued slots.
+        score_key: The metric the search maximises.
+        placeholder: The default word written for an empty slot under ``unmentioned=placeholder``.
+        default_instruction: Instruction template; ``{slots}``, ``{labels}``, ``{format}`` are filled in.
+    """
+
+    name: ClassVar[str]
+    multi_valued: ClassVar[bool]
+    slot_noun: ClassVar[str]
+    value_noun: ClassVar[str]
+    value_plural: ClassVar[str] = ""
+    score_key: ClassVar[str]
+    placeholder: ClassVar[str]
+    default_instruction: ClassVar[str]
+
+    def from_json(self, obj: Mapping[str, Any]) -> Record:
+        """Builds a record from one JSON object; raises KeyError/TypeError/ValueError on a bad shape."""
+        raise NotImplementedError
+
+    def gold(self, record: Record, slots: Sequence[str], unmentioned: str) -> dict[str, tuple[str, ...]]:
+        """The record's answer restricted to ``slots``, empty slots filled (MASA: with ``unmentioned``)."""
+        empty = (unmentioned,) if not self.multi_valued else ()
+        return {s: tuple(record.answer.get(s, empty)) or empty for s in slots}
+
+    def is_empty(self, values: Sequence[str], unmentioned: str) -> bool:
+        """Whether a slot's values mean "not mentioned"."""
+        return not values or (not self.multi_valued and tuple(values) == (unmentioned,))
+
+    def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],
+                       unmentioned: str) -> list[str]:
+        """Labels of ``record`` outside the schema, as short messages (empty when fine)."""
+        return [f"slot {s!r} is not in labels.slots/ood_slots" for s in record.answer if s not in slots]
+
+    def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],
+              values: Sequence[str], unmentioned: str) -> dict[str, float]:
+        """Scores predictions against golds; the dict holds ``score_key``."""
+        raise NotImplementedError
+
+
+TASK_TYPES: dict[str, TaskType] = {}
+
+
+def task_type(cls: type[TaskType]) -> type[TaskType]:
+    """Class decorator registering a task type under its ``name`` (the only registry)."""
+    if cls.name in TASK_TYPES:
+        raise ValueError(f"task type {cls.name!r} is already registered")
+    TASK_TYPES[cls.name] = cls()
+    return cls
+
+
+@task_type
+class AspectSentiment(TaskType):
+    """Multi-aspect sentiment analysis: one polarity label per aspect."""
+
+    name = "aspect_sentiment"
+    multi_valued = False
+    slot_noun = "aspect"
+    value_noun = "label"
+    score_key = "kappa"
+    placeholder = "unmentioned"
+    default_instruction = "Rate the sentiment of each aspect. Aspects: {slots}. Labels: {labels}. {format}"
+
+    def from_json(self, obj: Mapping[str, Any]) -> Record:  # noqa: D102
+        labels = obj["labels"]
+        if not isinstance(labels, dict):
+            raise TypeError("'labels' must be an object {aspect: label}")
+        answer = {str(k): (str(v),) for k, v in labels.items()}
+        return Record(str(obj["id"]), str(obj["text"]), answer, dict(obj.get("rationales") or {}))
+
+    def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],  # noqa: D102
+                       unmentioned: str) -> list[str]:
+        allowed = [*values, unmentioned]
+        bad = [f"aspect {s!r}: label {v[0]!r} is not one of {allowed}" for s, v in record.answer.items()
+               if s in slots and v[0] not in allowed]
+        return bad + [f"aspect {s!r} is not in labels.slots/ood_slots" for s in record.answer if s not in slots]
+
+    def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
+              values: Sequence[str], unmentioned: str) -> dict[str, float]:
+        return metrics.aspect_scores(golds, preds, slots=slots, labels=values, unmentioned=unmentioned)
+
+
+class _Spans(TaskType):
+    """Shared shape of span tasks: a list of {type, text, start, end} objects per record."""
+
+    list_key: ClassVar[str]
+    text_key: ClassVar[str]
+    containment: ClassVar[bool]
+    multi_valued = True
+    slot_noun = "type"
+    score_key = "f1_soft"
+    placeholder = "none"
+
+    def from_json(self, obj: Mapping[str, Any]) -> Record:  # noqa: D102
+        text = str(obj["text"])
+        answer: dict[str, list[str]] = {}
+        for item in obj[self.list_key]:
+            span = str(item[self.text_key])
+            start, end = item.get("start"), item.get("end")
+            if start is not None and text[start:end] != span:
+                raise ValueError(f"{self.list_key}: text[{start}:{end}] is {text[start:end]!r}, not {span!r}")
+            answer.setdefault(str(item["type"]), []).append(span)
+        answer_t = {k: tuple(v) for k, v in answer.items()}
+        return Record(str(obj["id"]), text, answer_t, dict(obj.get("rationales") or {}))
+
+    def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
+              values: Sequence[str], unmentioned: str) -> dict[str, float]:
+        return metrics.span_scores(golds, preds, containment=self.containment)
+
+
+@task_type
+class Entities(_Spans):
+    """Nested named-entity recognition: entity names per type (spans may nest or overlap)."""
+
+    name = "entities"
+    list_key, text_key, containment = "entities", "span", True
+    value_noun, value_plural = "entity", "entities"
+    default_instruction = "List the named entities by type. Types: {slots}. {format}"
+
+
+@task_type
+class Events(_Spans):
+    """Event detection: trigger words per event type."""
+
+    name = "events"
+    list_key, text_key, containment = "events", "trigger", False
+    value_noun, value_plural = "trigger", "triggers"
+    default_instruction = "List the event trigger words by type. Types: {slots}. {format}"
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Imports the user modules named under ``plugins:`` (the only way user code runs).
+
+    Raises:
+        ImportError: Re-raised with the module name when a plugin is missing or fails on import.
+    """
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a plugin may raise anything on import
+            raise ImportError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from exc
+
+
+def read_rows(source: str, *, columns: Mapping[str, str] | None = None, split: str = "train") -> list[dict[str, Any]]:
+    """Reads raw rows from a JSONL or CSV file, or a ``hf:`` dataset id.
+
+    JSONL and CSV are read with the standard library: ``datasets`` costs 1.6 s to import,
+    which would break the ``--check`` latency goal; ``hf:`` ids go through ``datasets``.
+
+    Args:
+        source: A file path (``.jsonl``/``.json`` or ``.csv``) or ``hf:<dataset id>[:<split>]``.
+        columns: Optional renaming, record key -> source column (e.g. ``{"text": "sentence"}``).
+        split: The split for ``hf:`` ids without one.
+
+    Returns:
+        Rows as dicts with the record keys.
+    """
+    if source.startswith("hf:"):
+        rows = _read_hf(source[3:], split)
+    elif source.endswith(".csv"):
+        with open(source, newline="", encoding="utf-8") as f:
+            rows = [_decode_csv_cells(r) for r in csv.DictReader(f)]
+    else:
+        with open(source, encoding="utf-8") as f:
+            rows = [_json_line(line, source, i) for i, line in enumerate(f, 1) if line.strip()]
+    if columns:
+        rows = [{**r, **{key: r[col] for key, col in columns.items() if col in r}} for r in rows]
+    return rows
+
+
+def _json_line(line: str, source: str, number: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"line {number}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"line {number}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _decode_csv_cells(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells holding JSON (labels, entities, events) are decoded; others stay strings."""
+    return {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
+
+
+def _read_hf(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    import datasets  # heavy (1.6 s): only for hub/local dataset ids
+
+    name, _, named_split = dataset_id.partition(":")
+    ds = datasets.load_dataset(name, split=named_split or split)
+    return [dict(row) for row in ds]
+
+
+def records_from_rows(rows: Sequence[Mapping[str, Any]], kind: TaskType,
+                      on_error: Callable[[int, str], None]) -> list[Record]:
+    """Converts raw rows to records, reporting each bad row through ``on_error(row_number, message)``."""
+    records = []
+    for i, row in enumerate(rows, 1):
+        try:
+            records.append(kind.from_json({"id": f"row-{i}", **row}))
+        except KeyError as exc:
+            on_error(i, f"missing key {exc}")
+        except (TypeError, ValueError, IndexError) as exc:
+            on_error(i, str(exc))
+    return records
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes rows as UTF-8 JSONL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
