@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import random
 import re
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,8 +88,8 @@ class ModelConfig(_Strict):
     gguf_file: str | None = Field(None, description="A GGUF file inside the model folder to de-quantize.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
     load_in_4bit: bool = Field(False, description="4-bit loading (needs bitsandbytes and a GPU).")
-    vocab_size: int = Field(400, ge=64, description="tiny: BPE vocabulary trained on the task's texts.")
-    hidden_size: int = Field(64, ge=8, description="tiny: hidden size.")
+    vocab_size: int = Field(1000, ge=64, description="tiny: BPE vocabulary trained on the task's texts.")
+    hidden_size: int = Field(128, ge=8, description="tiny: hidden size.")
     layers: int = Field(2, ge=1, description="tiny: decoder layers.")
     heads: int = Field(4, ge=1, description="tiny: attention heads.")
 
@@ -260,10 +261,25 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Whether a pydantic loc part names a union member (``str``, ``list[str]``, ``function-after[...]``)."""
+    return isinstance(part, str) and ("[" in part or part in _UNION_TAGS)
+
+
+def _clean_loc(loc: Sequence[Any]) -> tuple[Any, ...]:
+    """The key path of an error, without the union-member tags pydantic inserts."""
+    return tuple(p for p in loc if not _is_union_tag(p))
+
+
 def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at ``loc`` (for "did you mean" suggestions)."""
+    if any(isinstance(p, str) and "Range" in p for p in loc):  # a {type, low, high} range inside a union
+        return Range
     current: Any = model
-    for part in loc[:-1]:
+    for part in _clean_loc(loc)[:-1]:
         if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
             return None
         current = current.model_fields[part].annotation
@@ -271,22 +287,22 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
 
 
 def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "list", "int"}))]
+    loc = _clean_loc(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     value, kind = err.get("input"), err["type"]
     if kind == "extra_forbidden":
-        owner = _model_at(model, loc)
+        owner = _model_at(model, err["loc"])
         allowed = list(owner.model_fields) if owner else []
         hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
         return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"{key}: unknown key"
     if kind == "missing":
         return f"{key}: required key is missing"
-    if isinstance(value, bool) and kind.startswith("string"):
+    if isinstance(value, bool):  # strict bool fields accept booleans, so this field wanted something else
         return (f"{key}: got the boolean {value} -- YAML 1.1 reads no/yes/on/off as booleans; "
-                f"quote the word (e.g. \"no\") or use a short lowercase value")
+                f"quote the word (e.g. \"no\") or use a short lowercase value ({err['msg']})")
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
         return f"{key}: {value!r} is read as a string by YAML; write it with a dot and signed exponent, e.g. 1.0e-4"
-    return f"{key}: {err['msg']} (got {value!r})"
+    return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {value!r})"
 
 
 @contextmanager
@@ -295,19 +311,24 @@ def _collect(problems: list[str], prefix: str) -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        model = exc.title
-        owner = {"TaskConfig": TaskConfig, "SpaceConfig": SpaceConfig}.get(model, TaskConfig)
+        models = {"TaskConfig": TaskConfig, "SpaceConfig": SpaceConfig, "TrainConfig": TrainConfig}
+        owner = models.get(exc.title, TaskConfig)
         problems.extend(f"{prefix}: {_describe(e, owner)}" for e in _unique_errors(exc.errors()))
 
 
 def _unique_errors(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Union-typed fields report one error per member; keep the first per key."""
+    """Union-typed fields report one error per member: keep the deepest ones, and one per key path.
+
+    A value such as ``{type: float, low: 1, hihg: 2}`` fails as a string, a number, a list and a range;
+    only the range member looked inside it, so its errors (``train.lr.hihg``) are the useful ones.
+    """
+    locs = [_clean_loc(e["loc"]) for e in errors]
     seen, out = set(), []
-    for e in errors:
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))[:3]
-        key = loc if e["type"] != "extra_forbidden" else e["loc"]
-        if key not in seen:
-            seen.add(key)
+    for e, loc in zip(errors, locs, strict=True):
+        if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
+            continue  # another union member got further inside this value
+        if loc not in seen:
+            seen.add(loc)
             out.append(e)
     return out
 
@@ -328,7 +349,10 @@ def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        problems.append(f"{path}: not valid YAML: {str(exc).splitlines()[0]}")
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problems.append(f"{path}: not valid YAML{where}: {what}")
         return {}
     if data is None:
         problems.append(f"{path}: the file is empty")
@@ -354,7 +378,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], problems: li
                 problems.append(f"--set {item!r}: {part} is not a mapping")
                 break
         else:
-            node[leaf] = yaml.safe_load(raw) if raw else ""
+            try:
+                node[leaf] = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError:
+                problems.append(f"--set {item!r}: the value is not a valid YAML scalar (quote it)")
     return data
 
 
@@ -376,15 +403,14 @@ def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     raw = apply_overrides(read_yaml(path, problems), overrides, problems)
     if problems:
         raise ConfigError(problems)
-    with _collect(problems, str(path)):
-        tasks.load_plugins(raw.get("plugins") or [])
-    if problems:
-        raise ConfigError(problems)
+    problems.extend(_load_plugins(raw.get("plugins"), path))
     config = None
     with _collect(problems, str(path)):
         config = TaskConfig.model_validate(raw)
     if config is not None:
         problems.extend(_check_task(config, path))
+    elif isinstance(raw.get("type"), str):  # report a bad type together with the other mistakes
+        problems.extend(_check_type(raw["type"], path))
     if problems or config is None:
         raise ConfigError(problems)
     kind = tasks.TASK_TYPES[config.type]
@@ -394,13 +420,52 @@ def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     return Task(config=config, path=path, kind=kind, splits=splits)
 
 
-def _check_task(config: TaskConfig, path: Path) -> list[str]:
+def _load_plugins(modules: Any, path: Path) -> list[str]:
+    """Imports the ``plugins:`` modules; a bad shape is left to the model check."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        return []
     problems = []
-    if config.type not in tasks.TASK_TYPES:
-        hint = _did_you_mean(config.type, list(tasks.TASK_TYPES))
-        problems.append(f"{path}: type: {config.type!r} is not a task type{hint} "
-                        f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)")
+    for name in modules:
+        try:
+            tasks.load_plugins([name])
+        except ImportError as exc:
+            cause = exc.__cause__ or exc
+            problems.append(f"{path}: plugins: {name!r} could not be imported ({type(cause).__name__}: {cause}); "
+                            "plugins must be importable modules (on PYTHONPATH or installed)")
+    return problems
+
+
+def _check_type(name: str, path: Path) -> list[str]:
+    if name in tasks.TASK_TYPES:
+        return []
+    hint = _did_you_mean(name, list(tasks.TASK_TYPES))
+    return [f"{path}: type: {name!r} is not a task type{hint} "
+            f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)"]
+
+
+_TEMPLATE_FIELDS = ("slots", "labels", "format")
+
+
+def _template_problems(text: str, key: str, path: Path) -> list[str]:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        return [f"{path}: {key}: not a valid template ({exc}); write literal braces as {{{{ and }}}}"]
+    bad = sorted({f for f in fields if f not in _TEMPLATE_FIELDS})
+    if bad:
+        return [f"{path}: {key}: unknown placeholder(s) {', '.join('{' + f + '}' for f in bad)} "
+                f"(allowed: {', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)})"]
+    return []
+
+
+def _check_task(config: TaskConfig, path: Path) -> list[str]:
+    problems = _check_type(config.type, path)
+    if problems:
         return problems
+    if config.template.instruction is not None:
+        problems.extend(_template_problems(config.template.instruction, "template.instruction", path))
+    for i, text in enumerate(config.template.paraphrases):
+        problems.extend(_template_problems(text, f"template.paraphrases.{i}", path))
     kind, labels = tasks.TASK_TYPES[config.type], config.labels
     if not kind.multi_valued and not labels.values:
         problems.append(f"{path}: labels.values: {config.type} needs the label values, "
@@ -408,6 +473,14 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
     unknown = sorted(set(labels.numbers) - set(labels.values) - {labels.unmentioned or kind.placeholder})
     if unknown:
         problems.append(f"{path}: labels.numbers: {unknown} are not labels (allowed: {labels.values})")
+    all_labels = [*labels.values, labels.unmentioned or kind.placeholder]
+    uncoded = [label for label in all_labels if label not in labels.numbers]
+    if labels.numbers and not kind.multi_valued and uncoded:
+        problems.append(f"{path}: labels.numbers: no code for {uncoded} (every label needs one: {all_labels})")
+    codes = list(labels.numbers.values())
+    shared = sorted({c for c in codes if codes.count(c) > 1})
+    if shared:
+        problems.append(f"{path}: labels.numbers: codes {shared} are given to several labels; codes must differ")
     for slot_list in ("slots", "ood_slots"):
         items = getattr(labels, slot_list) or []
         dup = sorted({s for s in items if items.count(s) > 1})
@@ -420,23 +493,36 @@ def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
                  problems: list[str]) -> dict[str, tuple[tasks.Record, ...]]:
     root = (path.parent / config.data.root).resolve()
     sources = {s: getattr(config.data, s) for s in SPLITS}
-    if sources["eval_ood"] is None and config.labels.ood_slots and config.labels.ood_slots != config.labels.slots:
+    problems.extend(_shared_sources(sources, path))
+    ood_differs = bool(config.labels.ood_slots) and config.labels.ood_slots != config.labels.slots
+    if sources["eval_ood"] is None and ood_differs:  # the same texts, scored on the OOD slots
         sources["eval_ood"] = sources["eval_id"]
-    if sources["test_ood"] is None and sources["test_id"] and config.labels.ood_slots:
+    if sources["test_ood"] is None and sources["test_id"] and ood_differs:
         sources["test_ood"] = sources["test_id"]
-    splits = {}
+    splits, read = {}, {}
     for split, source in sources.items():
         if source is None:
             continue
-        where = f"{path}: data.{split}"
-        records = _load_records(source, root, config, kind, where, problems)
+        if source not in read:  # a defaulted split reuses its source (and its problems are reported once)
+            where = f"{path}: data.{split}"
+            read[source] = _load_records(source, root, config, kind, where, problems)
+            if read[source] is not None:
+                _check_records(read[source], config, kind, split, where, problems)  # all, not just the sample
+        records = read[source]
         if records is None:
             continue
         limit = config.data.max_train if split == "train" else (
             config.data.max_eval if split.startswith("eval") else config.data.max_test)
         splits[split] = tuple(_subsample(records, limit, config.data.seed))
-        _check_records(splits[split], config, kind, split, where, problems)
     return splits
+
+
+def _shared_sources(sources: Mapping[str, str | None], path: Path) -> list[str]:
+    """Splits that must not read the same file: train vs any other, eval vs test (selection would leak)."""
+    pairs = [("train", s) for s in SPLITS[1:]] + [("eval_id", "test_id"), ("eval_ood", "test_ood")]
+    return [f"{path}: data.{b}: the same source as data.{a} ({sources[a]}); "
+            f"{'scores would be measured on training data' if a == 'train' else 'the test set must be unseen'}"
+            for a, b in pairs if sources[a] is not None and sources[a] == sources[b]]
 
 
 def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
@@ -520,16 +606,39 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
             problems.append(f"{path}: design.{dim}: duplicate values in {values}")
         if isinstance(values, list) and not values:
             problems.append(f"{path}: design.{dim}: empty list (give at least one value)")
-    for key in space.train:
+    for key, value in space.train.items():
         if key not in TrainConfig.model_fields:
             hint = _did_you_mean(key, list(TrainConfig.model_fields))
             problems.append(f"{path}: train.{key}: unknown hyper-parameter{hint} "
                             f"(allowed: {', '.join(TrainConfig.model_fields)})")
+        else:
+            problems.extend(f"{path}: train.{p}" for p in _train_value_problems(key, value))
     for name in space.baselines:
         if name not in PRESETS:
             problems.append(f"{path}: baselines: {name!r} is not a preset{_did_you_mean(name, list(PRESETS))} "
                             f"(allowed: {', '.join(PRESETS)})")
     return problems
+
+
+def _train_value_problems(key: str, value: Any) -> list[str]:
+    """Checks a space's fixed, categorical or ranged hyper-parameter against the task's TrainConfig field."""
+    if isinstance(value, Range):
+        if value.type == "float" and TrainConfig.model_fields[key].annotation is int:
+            return [f"{key}: an integer hyper-parameter needs type: int (got type: float)"]
+        if value.type == "int" and (value.low != int(value.low) or value.high != int(value.high)):
+            return [f"{key}: an int range needs whole low/high (got {value.low}, {value.high})"]
+        probe = [value.low, value.high] if value.type == "float" else [int(value.low), int(value.high)]
+    else:
+        probe = _as_list(value)
+        if isinstance(value, list) and not value:
+            return [f"{key}: empty list (give at least one value)"]
+    problems: list[str] = []
+    for v in probe:
+        try:
+            TrainConfig.model_validate({key: v})
+        except ValidationError as exc:
+            problems.extend(_describe(e, TrainConfig) for e in _unique_errors(exc.errors()))
+    return list(dict.fromkeys(problems))
 
 
 def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str) -> None:
@@ -544,15 +653,19 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str) -> 
         problems.append(f"{space_path}: design.label_style: 'number' needs labels.numbers in {task.path} "
                         f"(e.g. {{positive: 1, neutral: 0, negative: -1, {task.unmentioned}: -2}})")
     if {"cot", "reverse_cot"} & set(choices["reasoning"]):
-        missing = [r.id for r in task.splits["train"] if not r.rationales]
+        missing = [(r.id, [s for s in task.slots if not str(r.rationales.get(s) or "").strip()])
+                   for r in task.splits["train"]]
+        missing = [(rid, slots) for rid, slots in missing if slots]
         if missing:
-            problems.append(f"{space_path}: design.reasoning: CoT needs 'rationales' in every training record; "
-                            f"{len(missing)} of {len(task.splits['train'])} lack them (e.g. {missing[0]}); "
-                            f"use reasoning: none for this data")
+            problems.append(f"{space_path}: design.reasoning: CoT needs 'rationales' in every training record, one "
+                            f"per slot; {len(missing)} of {len(task.splits['train'])} in data.train of {task.path} "
+                            f"lack some (e.g. {missing[0][0]}: none for {missing[0][1]}); "
+                            "add rationales or use reasoning: none")
     if "none" in choices["instruction"] and task.config.objective in ("ood", "mean", "pareto") \
             and task.ood_slots != task.slots:
         problems.append(f"{space_path}: design.instruction: 'none' cannot be scored OOD when labels.ood_slots differ "
-                        f"from labels.slots (objective: {task.config.objective}); drop 'none' or use objective: id")
+                        f"from labels.slots (objective: {task.config.objective} in {task.path}); "
+                        "drop 'none' or use objective: id")
     if task.config.objective != "id" and "eval_ood" not in task.splits:
         problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set "
                         f"(data.eval_ood or labels.ood_slots)")

@@ -1,0 +1,405 @@
+"""The search: Ray Tune + OptunaSearch (TPE) + ASHA, every trial tracked in MLflow.
+
+The only module that talks to Ray and MLflow. A search lives in one run directory
+(``runs/<name>/``) holding ``run.json`` (names, URIs, parent run), ``optuna.db`` (the
+study), Tune's experiment folder, ``ray.log`` and the final ``report.md`` /
+``best_design.yaml``. MLflow gets one parent run per search and one nested run per
+trial (``MLflowLoggerCallback`` tagged with ``mlflow.parentRunId``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sde_search.config import ConfigError, SpaceConfig, Task
+from sde_search.design import DIMENSIONS, PRESETS, Design
+
+# Before Ray is imported (PITFALLS 2): keep every listener on 127.0.0.1 and skip token auth.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import mlflow  # noqa: E402
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from sde_search import report as reporting  # noqa: E402
+
+OBJECTIVE_METRIC = {"id": "score", "ood": "score_ood", "mean": "score_mean", "pareto": "score"}
+WORKER_ENV = ("SDE_FAULT", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What ``run.json`` records about a search, so that it can be resumed and reported."""
+
+    name: str
+    run_dir: str
+    task_path: str
+    space_path: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    study_name: str
+    overrides: tuple[str, ...] = ()
+
+    def save(self) -> None:
+        """Writes ``run.json``."""
+        data = {**self.__dict__, "overrides": list(self.overrides)}
+        Path(self.run_dir, "run.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunInfo:
+        """Reads ``run.json`` of a run directory."""
+        data = json.loads((run_dir / "run.json").read_text())
+        return cls(**{**data, "overrides": tuple(data.get("overrides", ()))})
+
+
+# ---------------------------------------------------------------- space
+
+
+def optuna_space(space: SpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits the space into (searched Optuna distributions, fixed values), with flat dotted names."""
+    searched: dict[str, Any] = {}
+    fixed: dict[str, Any] = {}
+    for dim, values in space.design_choices().items():
+        name = f"design.{dim}"
+        if len(values) > 1:
+            searched[name] = optuna.distributions.CategoricalDistribution(list(values))
+        else:
+            fixed[name] = values[0]
+    for key, value in space.train.items():
+        name = f"train.{key}"
+        if isinstance(value, list) and len(value) > 1:
+            searched[name] = optuna.distributions.CategoricalDistribution(value)
+        elif isinstance(value, list):
+            fixed[name] = value[0]
+        elif hasattr(value, "low"):
+            if value.type == "int":
+                searched[name] = optuna.distributions.IntDistribution(int(value.low), int(value.high), log=value.log,
+                                                                      step=int(value.step or 1))
+            else:
+                searched[name] = optuna.distributions.FloatDistribution(value.low, value.high, log=value.log,
+                                                                        step=value.step)
+        else:
+            fixed[name] = value
+    return searched, fixed
+
+
+def baseline_points(space: SpaceConfig, searched: Mapping[str, Any], task: Task) -> list[dict[str, Any]]:
+    """The paper's baseline and ES-SDE (``baselines:``) as ``points_to_evaluate``, when inside the space."""
+    points = []
+    for name in space.baselines:
+        params = PRESETS[name].to_params()
+        point = {k: v for k, v in params.items() if k in searched}
+        if all(v in searched[k].choices for k, v in point.items()) and point not in points and \
+                all(params[k] == v for k, v in optuna_space(space)[1].items() if k in params):
+            for key, dist in searched.items():
+                if key.startswith("train."):
+                    default = getattr(task.config.train, key[6:])
+                    point[key] = default if _fits(dist, default) else _midpoint(dist)
+            points.append(point)
+    return points
+
+
+def _fits(dist: Any, value: Any) -> bool:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return value in dist.choices
+    return dist.low <= value <= dist.high
+
+
+def _midpoint(dist: Any) -> Any:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[0]
+    return dist.low
+
+
+def make_sampler(space: SpaceConfig) -> optuna.samplers.BaseSampler:
+    """TPE (seeded, multivariate, constant liar), random or brute force."""
+    s = space.sampler
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.name == "brute_force":
+        return optuna.samplers.BruteForceSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                      multivariate=s.multivariate, constant_liar=True)
+
+
+# ---------------------------------------------------------------- trainable
+
+
+def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads: int) -> None:
+    """One Tune trial: fit() with Tune reporting and checkpoints (heavy imports happen here)."""
+    from ray.tune import Checkpoint
+
+    from sde_search import train
+
+    params = {**fixed, **config}
+    design = Design.from_params(params)
+    hparams = {k[len("train."):]: v for k, v in params.items() if k.startswith("train.")}
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="sde-resume-"))
+    workdir = tempfile.mkdtemp(prefix="sde-ckpt-")
+
+    def report(metrics: dict[str, float], path: str | None) -> None:
+        tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
+
+    train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
+              threads=threads)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress(tune.Callback):
+    """Prints trial events and a status line; Ray's own output goes to ``ray.log``."""
+
+    def __init__(self, total: int, metric: str):
+        """Sets the number of trials and the metric shown."""
+        self.total, self.metric, self.t0 = total, metric, time.time()
+        self.done = self.stopped = self.failed = 0
+        self.best: tuple[float, str] | None = None
+        self.running: set[str] = set()
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def _line(self, text: str) -> None:
+        elapsed = time.time() - self.t0
+        finished = self.done + self.failed
+        eta = "" if not finished else f", ETA {elapsed / finished * (self.total - finished) / 60:.1f} min"
+        best = f"best {self.best[0]:.3f} ({self.best[1]})" if self.best else "best -"
+        print(f"[{elapsed / 60:5.1f} min] {text:<58} | {finished}/{self.total} done ({self.stopped} stopped early, "
+              f"{self.failed} failed), {len(self.running)} running, {best}{eta}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
+        self.running.add(trial.trial_id)
+        self._line(f"start {trial.trial_id}: {Design.from_params(trial.config).short()}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # noqa: D102
+        self.last[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
+        self.running.discard(trial.trial_id)
+        result = self.last.get(trial.trial_id, {})
+        value, progress = result.get(self.metric, float("nan")), result.get("progress", 0.0)
+        self.done += 1
+        if progress < 1:
+            self.stopped += 1
+            self._line(f"stop  {trial.trial_id}: {self.metric} {value:.3f} at {progress:.0%} (ASHA)")
+            return
+        if self.best is None or value > self.best[0]:
+            self.best = (value, trial.trial_id)
+        self._line(f"done  {trial.trial_id}: {self.metric} {value:.3f}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self._line(f"FAIL  {trial.trial_id}: see {trial.error_file or 'ray.log'}")
+
+
+# ---------------------------------------------------------------- run set-up
+
+
+def git_commit() -> str:
+    """The package's git commit, or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri_for(runs_dir: Path, given: str | None, task: Task) -> str:
+    """``--tracking-uri``, else the task's, else an absolute sqlite file in the runs folder (PITFALLS 7)."""
+    uri = given or task.config.tracking.uri
+    return uri or f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking(uri: str) -> None:
+    """Fails early, before any training, when an MLflow server cannot be reached."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+    except OSError as exc:
+        raise ConfigError([f"--tracking-uri {uri}: MLflow server not reachable ({exc}); start it or use "
+                           "the default sqlite store"]) from exc
+
+
+def start_parent(info_kw: dict[str, Any], task: Task, space: SpaceConfig, artifact_root: Path) -> tuple[str, str]:
+    """Creates the experiment (absolute artifact root) and the parent run; returns (experiment id, run id)."""
+    client = MlflowClient(info_kw["tracking_uri"])
+    exp = client.get_experiment_by_name(info_kw["experiment"])
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        info_kw["experiment"], artifact_location=artifact_root.resolve().as_uri())
+    run = client.create_run(exp_id, run_name=info_kw["name"], tags={"sde.kind": "search", "sde.task": task.config.name})
+    params = {"task": str(task.path), "space": info_kw["space_path"], "git_commit": git_commit(),
+              "objective": task.config.objective, "space_size": space.size(),
+              "num_samples": space.budget.num_samples, "max_concurrent": space.budget.max_concurrent,
+              "sampler": space.sampler.name, "asha": space.asha.enabled, "model": task.config.model.name,
+              **{f"train.{k}": v for k, v in task.config.train.model_dump().items()}}
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:500])
+    return exp_id, run.info.run_id
+
+
+def _start_ray(address: str | None, space: SpaceConfig, log_path: Path) -> None:
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    src = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    handler = logging.FileHandler(log_path)
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.propagate = False
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
+                              "include_dashboard": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(space.resources.cpu)),
+                 num_gpus=None if space.resources.gpu else 0, **kwargs)
+
+
+def _validate_resources(space: SpaceConfig) -> None:
+    total = ray.cluster_resources()
+    for key, need in (("CPU", space.resources.cpu), ("GPU", space.resources.gpu)):
+        if need and total.get(key, 0) < need:
+            raise ConfigError([f"resources.{key.lower()}: {need} per trial, but the Ray cluster has "
+                               f"{total.get(key, 0):g} {key}s"])
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.Namespace) -> int:
+    """``sde-search --task T.yaml``: runs (or resumes) a search and prints the report."""
+    runs_dir = Path(args.runs_dir).resolve()
+    if args.resume:
+        run_dir = _find_run(runs_dir, args.resume, task)
+        info = RunInfo.load(run_dir)
+    else:
+        name = args.name or f"{task.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = runs_dir / name
+        if run_dir.exists():
+            raise ConfigError([f"--name {name}: {run_dir} exists; pick another name or --resume {name}"])
+        uri = tracking_uri_for(runs_dir, args.tracking_uri, task)
+        check_tracking(uri)
+        info_kw = {"name": name, "run_dir": str(run_dir), "task_path": str(task.path), "space_path": str(space_path),
+                   "tracking_uri": uri, "experiment": task.config.tracking.experiment or task.config.name,
+                   "study_name": f"sde-{task.config.name}-{name}", "overrides": tuple(args.overrides)}
+        run_dir.mkdir(parents=True)
+        _, parent = start_parent(info_kw, task, space, runs_dir / "mlartifacts")
+        info = RunInfo(parent_run_id=parent, **info_kw)
+        info.save()
+    return execute(task, space, info, address=args.address)
+
+
+def _find_run(runs_dir: Path, which: str, task: Task) -> Path:
+    if which != "latest":
+        path = runs_dir / which
+        if not (path / "run.json").exists():
+            raise ConfigError([f"--resume {which}: no run at {path}"])
+        return path
+    candidates = sorted((p for p in runs_dir.glob(f"{task.config.name}-*") if (p / "run.json").exists()),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError([f"--resume: no earlier run of task {task.config.name} under {runs_dir}"])
+    return candidates[-1]
+
+
+def execute(task: Task, space: SpaceConfig, info: RunInfo, *, address: str | None = None) -> int:
+    """Builds Tuner (or restores it), runs it and reports; returns the exit code."""
+    run_dir = Path(info.run_dir)
+    mlflow.set_tracking_uri(info.tracking_uri)
+    searched, fixed = optuna_space(space)
+    metric = OBJECTIVE_METRIC[task.config.objective]
+    hp = task.config.train
+    max_t = hp.epochs * hp.reports_per_epoch
+    if task.config.model.name == "tiny":
+        from sde_search.train import build_tiny_tokenizer
+
+        build_tiny_tokenizer(task)  # once on the driver; trials load it from the cache
+    gpu = space.resources.gpu > 0
+    reuse = (not gpu) if space.reuse_actors == "auto" else space.reuse_actors
+    threads = max(1, int(space.resources.cpu))
+    fn = tune.with_resources(tune.with_parameters(trainable, task=task, fixed=fixed, threads=threads),
+                             {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    callbacks = [MLflowLoggerCallback(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
+                                      tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
+                 Progress(space.budget.num_samples, metric)]
+    experiment_dir = run_dir / "tune"
+    _start_ray(address, space, run_dir / "ray.log")
+    t0 = time.time()
+    try:
+        _validate_resources(space)
+        if (experiment_dir / "tuner.pkl").exists():
+            reporting.close_stale_runs(info)
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_unfinished=True,
+                                       restart_errored=True)
+            print(f"resuming {info.name} from {experiment_dir}", flush=True)
+        else:
+            tuner = _new_tuner(fn, space, task, info, searched, metric, max_t, reuse, callbacks, run_dir)
+        print(f"search {info.name}: {space.size()} designs, {space.budget.num_samples} trials, "
+              f"{space.budget.max_concurrent} at once; objective {metric}; ASHA "
+              f"{'on' if space.asha.enabled else 'off'} (max_t {max_t}); MLflow {info.tracking_uri}", flush=True)
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    wall = time.time() - t0
+    return reporting.finish(task, space, info, results, metric=metric, wall_s=wall)
+
+
+def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched: dict[str, Any], metric: str,
+               max_t: int, reuse: bool, callbacks: list, run_dir: Path) -> tune.Tuner:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
+    pareto = task.config.objective == "pareto"
+    search_alg = OptunaSearch(space=searched, metric=["score", "score_ood"] if pareto else metric,
+                              mode=["max", "max"] if pareto else "max",
+                              points_to_evaluate=baseline_points(space, searched, task) or None,
+                              sampler=make_sampler(space), study_name=info.study_name, storage=storage)
+    if space.asha.enabled:
+        scheduler: Any = ASHAScheduler(time_attr="report", metric="score" if pareto else metric, mode="max",
+                                       max_t=max_t, grace_period=space.asha.grace_period,
+                                       reduction_factor=space.asha.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=space.budget.num_samples,
+                                    max_concurrent_trials=space.budget.max_concurrent, reuse_actors=reuse),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def dimension_names() -> list[str]:
+    """Flat param names of the design dimensions."""
+    return [f"design.{d}" for d in DIMENSIONS]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: sde-search --task T.yaml")

@@ -1,0 +1,496 @@
+"""One trial: render the task under one design, LoRA-tune briefly, generate, parse and score.
+
+``fit()`` is a readable recipe that knows nothing about Ray or MLflow: it reports
+through the ``report`` callable it is given, ``report(metrics, checkpoint_dir)``,
+``train.reports_per_epoch`` times per epoch. The search wraps it in a Tune trainable;
+``sde-search train`` calls it directly.
+
+Imports torch, transformers and peft (heavy); never Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sde_search import metrics
+from sde_search.config import Task, TrainConfig
+from sde_search.design import ES_SDE, PAPER_BASELINE, Design
+from sde_search.render import Parsed, Sample, parse, render
+
+Report = Callable[[dict[str, float], "str | None"], None]
+FAULT_ENV = "SDE_FAULT"  # tests inject faults: "raise@2", "nan@2", "oom@2" (at that report)
+TOKENIZER_DESIGNS = (  # between them, every value of every dimension (so all designs share one tokenizer)
+    ES_SDE,
+    Design(instruction="last", output_format="natural", unmentioned="omit", label_style="number", reasoning="cot"),
+    Design(instruction="none", output_format="json", reasoning="reverse_cot", prompt_loss="include"),
+    PAPER_BASELINE,
+)
+
+
+class TrialError(RuntimeError):
+    """A trial that cannot go on (NaN loss, injected fault); the search records it as FAILED."""
+
+
+# ---------------------------------------------------------------- model and tokenizer
+
+
+def cache_dir() -> Path:
+    """The user cache for tokenizers and converted models (``SDE_CACHE`` overrides)."""
+    root = os.environ.get("SDE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sde-search")
+    return Path(root)
+
+
+def tokenizer_texts(task: Task) -> list[str]:
+    """The task's own texts: every train/eval record rendered under designs covering all option values."""
+    texts = []
+    for split in ("train", "eval_id", "eval_ood"):
+        for record in task.splits.get(split, ()):
+            for design in TOKENIZER_DESIGNS:
+                sample = render(record, design, task, ood=split.endswith("_ood"))
+                texts.append(sample.prompt + sample.target)
+    return texts
+
+
+def build_tiny_tokenizer(task: Task) -> PreTrainedTokenizerFast:
+    """Trains (or loads from cache) a byte-level BPE tokenizer on the task's texts; deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = tokenizer_texts(task)
+    vocab = task.config.model.vocab_size
+    key = hashlib.sha256(("\0".join(texts) + f"|{vocab}").encode()).hexdigest()[:16]
+    path = cache_dir() / "tokenizers" / f"{task.config.name}-{key}.json"
+    if path.exists():
+        tok = Tokenizer.from_file(str(path))
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<bos>", "<eos>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)  # atomic: concurrent trials may race to write it
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def build_model(task: Task) -> tuple[torch.nn.Module, Any, bool]:
+    """Returns (model, tokenizer, is_tiny); ``tiny`` is built from a seeded config, no download."""
+    cfg = task.config.model
+    if cfg.name == "tiny":
+        tokenizer = build_tiny_tokenizer(task)
+        torch.manual_seed(task.config.train.seed)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                             intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.layers,
+                             num_attention_heads=cfg.heads, max_position_embeddings=4096,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        return LlamaForCausalLM(config), tokenizer, True
+    return (*load_pretrained(task), False)
+
+
+def load_pretrained(task: Task) -> tuple[torch.nn.Module, Any]:
+    """Loads a local folder or cached HF model offline (``local_files_only``), with dtype and 4-bit options."""
+    cfg = task.config.model
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    name = cfg.name
+    local = (task.path.parent / name) if not os.path.isabs(name) else Path(name)
+    source = str(local) if local.exists() else name
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": model_dtype(cfg.dtype)}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config()
+    tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k != "dtype"
+                                                         and k != "quantization_config"})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+def _four_bit_config() -> Any:
+    if not torch.cuda.is_available():
+        raise TrialError("model.load_in_4bit needs a CUDA GPU; set load_in_4bit: false on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise TrialError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def model_dtype(name: str) -> torch.dtype:
+    """``auto`` is fp32 on CPU and bf16 on GPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def add_lora(model: torch.nn.Module, hp: TrainConfig, tiny: bool) -> torch.nn.Module:
+    """Wraps the model with LoRA; a from-scratch tiny model also trains embeddings and lm_head (PITFALLS 9)."""
+    config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                        target_modules=hp.target_modules, task_type="CAUSAL_LM",
+                        modules_to_save=["embed_tokens", "lm_head"] if tiny else None)
+    return get_peft_model(model, config)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised training sample: ids and labels (-100 where no loss)."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def encode(sample: Sample, tokenizer: Any, design: Design) -> Encoded:
+    """BOS + prompt + target + EOS; No-MI (``exclude``) masks BOS and the whole prompt."""
+    prompt = [tokenizer.bos_token_id, *tokenizer.encode(sample.prompt, add_special_tokens=False)]
+    target = [*tokenizer.encode(sample.target, add_special_tokens=False), tokenizer.eos_token_id]
+    ids = prompt + target
+    labels = [-100] * len(prompt) + target if design.prompt_loss == "exclude" else [-100] + ids[1:]
+    return Encoded(ids, labels)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pads ids (pad) and labels (-100) for training."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch, a pure function of (seed, epoch) so that resumes replay it."""
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Records of one split with their golds, rendered prompts and the trivial baselines' answers."""
+
+    split: str
+    prompts: list[str]
+    golds: list[dict[str, tuple[str, ...]]]
+
+
+def eval_set(task: Task, design: Design, split: str, limit: int | None) -> EvalSet:
+    """The first ``limit`` records of a split (all when None), rendered under the design."""
+    records = task.splits[split][:limit] if limit else task.splits[split]
+    ood = split.endswith("_ood")
+    return EvalSet(split, [render(r, design, task, ood=ood).prompt for r in records],
+                   [task.gold(r, split) for r in records])
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
+             batch_size: int, repetition_penalty: float, device: torch.device) -> list[str]:
+    """Greedy, batched, left-padded generation; returns the decoded continuations."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [[tokenizer.bos_token_id, *tokenizer.encode(p, add_special_tokens=False)]
+                 for p in prompts[start:start + batch_size]]
+        width = max(len(c) for c in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(chunk):
+            ids[i, width - len(c):] = torch.tensor(c)
+            mask[i, width - len(c):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist())
+    model.train()
+    return outputs
+
+
+def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str],
+                  train_golds: Sequence[Mapping[str, tuple[str, ...]]]) -> dict[str, float]:
+    """Parses and scores generations; adds format errors and the trivial baselines on the same set."""
+    ood = es.split.endswith("_ood")
+    parsed: list[Parsed] = [parse(o, design, task, ood=ood) for o in outputs]
+    slots = task.slots_for(es.split)
+    values = task.config.labels.values
+    score = task.kind.score(es.golds, [p.answer for p in parsed], slots=slots, values=values,
+                            unmentioned=task.unmentioned)
+    empty = () if task.kind.multi_valued else (task.unmentioned,)
+    fixed = metrics.most_common_answer(train_golds, slots, placeholder=empty)
+    n = len(es.golds)
+    trivial = {
+        "fixed": task.kind.score(es.golds, [fixed] * n, slots=slots, values=values, unmentioned=task.unmentioned),
+        "empty": task.kind.score(es.golds, [dict.fromkeys(slots, empty)] * n, slots=slots, values=values,
+                                 unmentioned=task.unmentioned),
+    }
+    key = task.kind.score_key
+    out = {f"{k}": float(v) for k, v in score.items()}
+    out.update({
+        "score": float(score[key]),
+        "format_error_rate": metrics.format_error_rate([p.errors for p in parsed]),
+        "distinct_predictions": float(metrics.distinct_answers([p.answer for p in parsed])),
+        "baseline_fixed": float(trivial["fixed"][key]),
+        "baseline_empty": float(trivial["empty"][key]),
+        "n_eval": float(n),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- the trial
+
+
+def _fault(report_index: int) -> str | None:
+    """The fault injected at this report by ``SDE_FAULT`` (tests only), if any."""
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, at = spec.partition("@")
+    return kind if spec and at.isdigit() and int(at) == report_index else None
+
+
+def resolve_hparams(task: Task, overrides: Mapping[str, Any] | None) -> TrainConfig:
+    """The task's ``train:`` block with searched/fixed values applied (validated by pydantic)."""
+    merged = {**task.config.train.model_dump(), **dict(overrides or {})}
+    return TrainConfig.model_validate(merged, strict=False)
+
+
+def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *, report: Report,
+        checkpoint_dir: str | None = None, resume_from: str | None = None, threads: int | None = None,
+        ) -> dict[str, float]:
+    """Trains one design with LoRA and reports ID/OOD scores ``reports_per_epoch`` times per epoch.
+
+    Args:
+        task: The loaded task.
+        design: The sample design.
+        hparams: Overrides of the task's ``train:`` block (e.g. searched ``lr``).
+        report: Called as ``report(metrics, checkpoint_dir_or_None)`` after each evaluation.
+        checkpoint_dir: If set, a checkpoint (adapter, optimizer, step) is written under it at each report.
+        resume_from: A checkpoint folder written by an earlier call; training continues after it.
+        threads: torch CPU threads (default: ``train.threads`` or 1).
+
+    Returns:
+        The last report's metrics.
+    """
+    hp = resolve_hparams(task, hparams)
+    torch.set_num_threads(threads or hp.threads or 1)
+    random.seed(hp.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = optimizer = None
+    try:
+        model, tokenizer, tiny = build_model(task)
+        enc = [encode(render(r, design, task), tokenizer, design) for r in task.splits["train"]]
+        model = add_lora(model, hp, tiny).to(device)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
+        return _train_loop(task, design, hp, model, optimizer, tokenizer, enc, device, report,
+                           checkpoint_dir, resume_from)
+    finally:
+        del model, optimizer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def max_new_tokens(task: Task, design: Design, hp: TrainConfig, tokenizer: Any) -> int:
+    """``train.max_new_tokens``, else 1.25 x the longest rendered target (ID train, OOD eval) + 8."""
+    if hp.max_new_tokens:
+        return hp.max_new_tokens
+    targets = [render(r, design, task).target for r in task.splits["train"]]
+    targets += [render(r, design, task, ood=True).target for r in task.splits.get("eval_ood", ())]
+    return int(max(len(tokenizer.encode(t, add_special_tokens=False)) for t in targets) * 1.25) + 8
+
+
+def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, optimizer: Any,
+                tokenizer: Any, enc: Sequence[Encoded], device: torch.device, report: Report,
+                checkpoint_dir: str | None, resume_from: str | None) -> dict[str, float]:
+    steps_per_epoch = math.ceil(len(enc) / hp.batch_size)
+    total_steps = steps_per_epoch * hp.epochs
+    total_reports = hp.epochs * hp.reports_per_epoch
+    report_steps = [round(total_steps * (k + 1) / total_reports) for k in range(total_reports)]
+    step, train_s, gen_s, tokens, losses = 0, 0.0, 0.0, 0, []
+    if resume_from:
+        step, train_s, gen_s, tokens = _load_checkpoint(resume_from, model, optimizer)
+    max_new = max_new_tokens(task, design, hp, tokenizer)
+    last: dict[str, float] = {}
+    model.train()
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = epoch_order(len(enc), hp.seed, epoch)
+        idx = order[offset * hp.batch_size:(offset + 1) * hp.batch_size]
+        batch = {k: v.to(device) for k, v in collate([enc[i] for i in idx], tokenizer.pad_token_id).items()}
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_s += time.perf_counter() - t0
+        tokens += int(batch["attention_mask"].sum())
+        losses.append(loss.item())
+        step += 1
+        if step not in report_steps:
+            continue
+        k = report_steps.index(step) + 1
+        if _fault(k) == "nan":
+            losses[-1] = float("nan")
+        if not math.isfinite(losses[-1]):
+            raise TrialError(f"training loss became {losses[-1]} at step {step} (lr {hp.lr}); lower train.lr")
+        if _fault(k) == "raise":
+            raise TrialError(f"injected fault at report {k} ({FAULT_ENV})")
+        if _fault(k) == "oom":
+            raise torch.OutOfMemoryError(f"injected out-of-memory at report {k} ({FAULT_ENV})")
+        final = step == total_steps
+        t1 = time.perf_counter()
+        last = _evaluate(task, design, hp, model, tokenizer, device, max_new, final)
+        gen_s += time.perf_counter() - t1
+        last.update({
+            "train_loss": sum(losses) / len(losses), "progress": step / total_steps, "step": float(step),
+            "epoch": step / steps_per_epoch, "report": float(k), "train_tokens": float(tokens),
+            "tokens_per_sample": sum(len(e.ids) for e in enc) / len(enc), "train_s": train_s, "gen_s": gen_s,
+        })
+        losses = []
+        path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens)
+        report(last, path)
+    return last
+
+
+def _evaluate(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, tokenizer: Any,
+              device: torch.device, max_new: int, final: bool) -> dict[str, float]:
+    """Scores ID (``score``...) and OOD (``score_ood``...) sets; intermediate reports use a subset."""
+    out: dict[str, float] = {}
+    for split, suffix in (("eval_id", ""), ("eval_ood", "_ood")):
+        if split not in task.splits:
+            continue
+        es = eval_set(task, design, split, None if final else hp.report_eval_size)
+        texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
+                         repetition_penalty=hp.repetition_penalty, device=device)
+        train_golds = [task.gold(r, split) for r in task.splits["train"]]  # on this split's slots
+        out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
+    if "score_ood" in out:
+        out["score_mean"] = (out["score"] + out["score_ood"]) / 2
+    return out
+
+
+def _save_checkpoint(root: str | None, k: int, model: torch.nn.Module, optimizer: Any, step: int,
+                     train_s: float, gen_s: float, tokens: int) -> str | None:
+    if root is None:
+        return None
+    path = Path(root) / f"report-{k:04d}"
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step,
+                "train_s": train_s, "gen_s": gen_s, "tokens": tokens, "torch_rng": torch.get_rng_state()},
+               path / "state.pt")
+    return str(path)
+
+
+def _load_checkpoint(path: str, model: torch.nn.Module, optimizer: Any) -> tuple[int, float, float, int]:
+    state = torch.load(Path(path) / "state.pt", weights_only=False)
+    set_peft_model_state_dict(model, state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], state["train_s"], state["gen_s"], state["tokens"]
+
+
+# ---------------------------------------------------------------- sde-search train
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping[str, Any] | None = None) -> int:
+    """``sde-search train``: fits one design and prints each report as a table row."""
+    hp = resolve_hparams(task, hparams)
+    print(f"training {design.short()} on {task.config.name}: {len(task.splits['train'])} records, "
+          f"{hp.epochs} epochs, {hp.reports_per_epoch} reports/epoch, model {task.config.model.name}", flush=True)
+    has_ood = "eval_ood" in task.splits
+    print(f"{'report':>6} {'epoch':>6} {'loss':>7} {'ID':>7} {'ID fmt':>7}" + (f" {'OOD':>7} {'OOD fmt':>7}"
+          if has_ood else "") + f" {'fixed':>7} {'train s':>8} {'gen s':>6}", flush=True)
+    rows: list[dict[str, float]] = []
+
+    def show(m: dict[str, float], _ckpt: str | None) -> None:
+        rows.append(m)
+        ood = f" {m['score_ood']:7.3f} {m['format_error_rate_ood']:7.2f}" if has_ood else ""
+        print(f"{int(m['report']):6d} {m['epoch']:6.2f} {m['train_loss']:7.3f} {m['score']:7.3f} "
+              f"{m['format_error_rate']:7.2f}{ood} {m['baseline_fixed']:7.3f} {m['train_s']:8.1f} "
+              f"{m['gen_s']:6.1f}", flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        final = fit(task, design, hparams, report=show, checkpoint_dir=str(Path(out) / "checkpoints") if out else None)
+    except TrialError as exc:
+        print(f"trial failed: {exc}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - t0
+    key = task.kind.score_key
+    extra = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("accuracy", "f1", "precision", "recall"))
+    print(f"final: ID {key} {final['score']:.3f} ({extra}; fixed answer {final['baseline_fixed']:.3f}, "
+          f"{int(final['distinct_predictions'])} distinct predictions)"
+          + (f", OOD {final['score_ood']:.3f}" if has_ood else "")
+          + f"; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] | None, checkpoint: str,
+                        splits: Sequence[str] = ("test_id", "test_ood"), threads: int | None = None,
+                        ) -> dict[str, float]:
+    """Scores a trained checkpoint once on held-out splits (the final report's test sets).
+
+    Returns:
+        ``score``/``format_error_rate``/... for ``test_id`` and the same with ``_ood`` for ``test_ood``.
+    """
+    hp = resolve_hparams(task, hparams)
+    torch.set_num_threads(threads or hp.threads or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = None
+    try:
+        model, tokenizer, tiny = build_model(task)
+        model = add_lora(model, hp, tiny).to(device)
+        state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        max_new = max_new_tokens(task, design, hp, tokenizer)
+        out: dict[str, float] = {}
+        for split in splits:
+            if split not in task.splits:
+                continue
+            suffix = "_ood" if split.endswith("_ood") else ""
+            es = eval_set(task, design, split, None)
+            texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
+                             repetition_penalty=hp.repetition_penalty, device=device)
+            train_golds = [task.gold(r, split) for r in task.splits["train"]]
+            out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
+        return out
+    finally:
+        del model
+        gc.collect()
