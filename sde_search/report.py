@@ -242,7 +242,8 @@ def write_report(task: Task, space: SpaceConfig, info: RunInfo, rows: Sequence[T
         md += ["## Winner", "", "No trial reached the full budget; no winner.", ""]
     if tests:
         md += ["## Held-out test sets (scored once, never seen by the search)", "",
-               "| design | | test ID | test OOD | format err | fixed answer | source |", "|---|---|---|---|---|---|---|"]
+               "| design | | test ID | test OOD | format err | fixed answer | source |",
+               "|---|---|---|---|---|---|---|"]
         for name, (design, sc, how) in tests.items():
             cells = [_fmt(sc.get(k, math.nan)) for k in ("score", "score_ood", "format_error_rate", "baseline_fixed")]
             md.append(f"| {name} | {design.short()} | " + " | ".join(cells) + f" | {how} |")
