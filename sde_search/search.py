@@ -145,7 +145,7 @@ def make_sampler(space: SpaceConfig) -> optuna.samplers.BaseSampler:
 # ---------------------------------------------------------------- trainable
 
 
-def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads: int) -> None:
+def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads: int, metric: str) -> None:
     """One Tune trial: fit() with Tune reporting and checkpoints (heavy imports happen here)."""
     from ray.tune import Checkpoint
 
@@ -160,7 +160,11 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
         resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="sde-resume-"))
     workdir = tempfile.mkdtemp(prefix="sde-ckpt-")
 
+    errors = "format_error_rate_ood" if metric == "score_ood" else "format_error_rate"
+
     def report(metrics: dict[str, float], path: str | None) -> None:
+        # ASHA ranks on the score; early in training many designs tie at 0, so fewer format errors break ties.
+        metrics = {**metrics, "asha_score": metrics[metric] - 1e-3 * metrics.get(errors, 0.0)}
         tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
 
     train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
@@ -344,7 +348,8 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, address: str | Non
     gpu = space.resources.gpu > 0
     reuse = (not gpu) if space.reuse_actors == "auto" else space.reuse_actors
     threads = max(1, int(space.resources.cpu))
-    fn = tune.with_resources(tune.with_parameters(trainable, task=task, fixed=fixed, threads=threads),
+    fn = tune.with_resources(tune.with_parameters(trainable, task=task, fixed=fixed, threads=threads,
+                                                             metric=metric),
                              {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [MLflowLoggerCallback(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
                                       tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
@@ -380,7 +385,7 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
                               points_to_evaluate=baseline_points(space, searched, task) or None,
                               sampler=make_sampler(space), study_name=info.study_name, storage=storage)
     if space.asha.enabled:
-        scheduler: Any = ASHAScheduler(time_attr="report", metric="score" if pareto else metric, mode="max",
+        scheduler: Any = ASHAScheduler(time_attr="report", metric="asha_score", mode="max",
                                        max_t=max_t, grace_period=space.asha.grace_period,
                                        reduction_factor=space.asha.reduction_factor)
     else:

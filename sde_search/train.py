@@ -301,6 +301,7 @@ def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *,
     hp = resolve_hparams(task, hparams)
     torch.set_num_threads(threads or hp.threads or 1)
     random.seed(hp.seed)
+    torch.manual_seed(hp.seed)  # LoRA init and dropout of a loaded model (tiny re-seeds its weights itself)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = optimizer = None
     try:

@@ -1,0 +1,93 @@
+"""Integration: a small real search (Ray Tune + OptunaSearch + ASHA + MLflow), then a SIGKILL and --resume."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "data.max_test=16",
+         "--set", "train.epochs=3", "--set", "train.reports_per_epoch=2", "--set", "train.report_eval_size=16",
+         "--set", "space.budget.num_samples=6", "--set", "space.sampler.n_startup_trials=2",
+         "--set", "space.asha.grace_period=1", "--set", "space.asha.reduction_factor=2"]
+
+pytestmark = pytest.mark.slow
+
+
+def _cmd(runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"),
+            "--runs-dir", str(runs), *SMALL, *extra]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SDE_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def _mlflow_runs(runs: Path, parent_name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo_masa")
+    parent = client.search_runs([exp.experiment_id], f"attributes.run_name = '{parent_name}'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return client, parent, children
+
+
+def _check_invariants(runs: Path, name: str, n_trials: int):
+    run_dir = runs / name
+    assert (run_dir / "report.md").exists() and (run_dir / "best_design.yaml").exists()
+    client, parent, children = _mlflow_runs(runs, name)
+    assert parent.info.status == "FINISHED"
+    names = [c.data.tags["trial_name"] for c in children]
+    assert len(names) == len(set(names)) == n_trials, names  # one run per trial, no duplicates
+    assert all(c.info.status in ("FINISHED", "FAILED") for c in children)  # nothing left RUNNING
+    for c in children:
+        history = client.get_metric_history(c.info.run_id, "score")
+        assert len(history) >= 1 and len({m.step for m in history}) == len(history)
+        assert "score_ood" in c.data.metrics and "format_error_rate" in c.data.metrics
+    designs = {c.data.tags.get("design") for c in children}
+    assert "first/exclude/lines/placeholder/text/none" in designs  # ES-SDE enqueued first
+    assert "last/exclude/natural/placeholder/text/none" in designs  # the paper's baseline
+    best = [c for c in children if c.data.tags.get("best") == "true"]
+    assert len(best) == 1 and best[0].data.tags["budget"] == "full"
+    with sqlite3.connect(run_dir / "optuna.db") as db:
+        assert db.execute("select count(*) from trials").fetchone()[0] == n_trials
+    return children
+
+
+def test_search_end_to_end(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run(_cmd(runs, "--name", "it"), cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Leaderboard" in proc.stdout and "Held-out test sets" in proc.stdout
+    children = _check_invariants(runs, "it", 6)
+    budgets = [c.data.tags["budget"] for c in children]
+    assert "stopped" in budgets, budgets  # ASHA stopped at least one trial early
+    stopped = [c for c in children if c.data.tags["budget"] == "stopped"]
+    assert all(c.data.metrics["progress"] < 1 for c in stopped)
+
+
+def test_sigkill_then_resume(tmp_path):
+    runs = tmp_path / "runs"
+    env = _env(tmp_path)
+    proc = subprocess.Popen(_cmd(runs, "--name", "killed"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until a trial has finished and others are running
+        if "done " in line or "stop " in line or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait(timeout=30)
+    _, parent, _ = _mlflow_runs(runs, "killed")
+    assert parent.info.status == "RUNNING"
+    resumed = subprocess.run(_cmd(runs, "--resume", "killed"), cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming killed" in resumed.stdout
+    _check_invariants(runs, "killed", 6)

@@ -1,0 +1,285 @@
+"""Tests for one trial (``sde_search.train``): encoding, batching, the tiny tokenizer, and ``fit()`` end to end.
+
+The fast tests need no training. ``slow`` ones fit the tiny Llama + LoRA on the demo MASA task on CPU (a few
+seconds each, the learnability check 30-55 s); ``gpu`` ones need CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from sde_search import train
+from sde_search.config import Task, load_task
+from sde_search.design import ES_SDE
+from sde_search.render import render
+from sde_search.train import Encoded, TrialError, build_tiny_tokenizer, collate, encode, epoch_order, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+MASA = ROOT / "examples" / "demo_masa.yaml"
+SMALL = ["data.max_train=16", "data.max_eval=4"]  # enough for the tokenizer and encoding tests
+TWO_BY_TWO = ["data.max_train=64", "data.max_eval=16", "train.epochs=2", "train.reports_per_epoch=2"]
+METRICS = ("score", "score_ood", "format_error_rate", "baseline_fixed", "train_loss", "train_s", "gen_s")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private tokenizer cache, offline Hugging Face, no injected fault."""
+    monkeypatch.setenv("SDE_CACHE", str(tmp_path_factory.getbasetemp() / "sde-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # load_pretrained sets it with setdefault; keep it test-local
+    monkeypatch.delenv(train.FAULT_ENV, raising=False)
+
+
+def _task(*overrides: str) -> Task:
+    return load_task(MASA, list(overrides))
+
+
+def _collect(stop_after: int | None = None) -> tuple[list[dict[str, float]], list[str | None], Callable[..., None]]:
+    """A report callable that records metrics and checkpoint paths; raises ``_Stop`` after report ``stop_after``."""
+    reports: list[dict[str, float]] = []
+    paths: list[str | None] = []
+
+    def report(metrics: dict[str, float], path: str | None) -> None:
+        reports.append(dict(metrics))
+        paths.append(path)
+        if stop_after is not None and len(reports) == stop_after:
+            raise _Stop
+
+    return reports, paths, report
+
+
+class _Stop(Exception):
+    """Raised by a report callable to interrupt a run after its checkpoint was written."""
+
+
+# ---------------------------------------------------------------- fast: encoding and batching
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Task, Any]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDE_CACHE", str(tmp_path_factory.mktemp("tok-cache")))
+        task = _task(*SMALL)
+        return task, build_tiny_tokenizer(task)
+
+
+def test_encode_excludes_bos_and_prompt_from_the_loss(tokenized: tuple[Task, Any]) -> None:
+    task, tok = tokenized
+    sample = render(task.splits["train"][0], ES_SDE, task)
+    assert ES_SDE.prompt_loss == "exclude"
+    e = encode(sample, tok, ES_SDE)
+    prompt = [tok.bos_token_id, *tok.encode(sample.prompt, add_special_tokens=False)]
+    target = [*tok.encode(sample.target, add_special_tokens=False), tok.eos_token_id]
+    assert e.ids == prompt + target
+    assert len(e.labels) == len(e.ids)
+    assert e.labels[: len(prompt)] == [-100] * len(prompt)
+    assert e.labels[len(prompt):] == target
+    assert e.labels[-1] == tok.eos_token_id
+    assert tok.decode(e.labels[len(prompt):-1]) == sample.target
+
+
+def test_encode_includes_the_prompt_in_the_loss(tokenized: tuple[Task, Any]) -> None:
+    task, tok = tokenized
+    design = dataclasses.replace(ES_SDE, prompt_loss="include")
+    e = encode(render(task.splits["train"][0], design, task), tok, design)
+    assert e.ids[0] == tok.bos_token_id and e.ids[-1] == tok.eos_token_id
+    assert e.labels[0] == -100
+    assert e.labels[1:] == e.ids[1:]
+
+
+def test_collate_right_pads() -> None:
+    batch = collate([Encoded([5, 6, 7], [-100, 6, 7]), Encoded([8], [8])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_epoch_order_is_a_deterministic_permutation() -> None:
+    a = epoch_order(50, seed=3, epoch=1)
+    assert a == epoch_order(50, seed=3, epoch=1)
+    assert sorted(a) == list(range(50))
+    assert a != list(range(50))
+    assert a != epoch_order(50, seed=3, epoch=2)
+    assert a != epoch_order(50, seed=4, epoch=1)
+
+
+def test_tiny_tokenizer_is_deterministic_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = _task(*SMALL)
+    text = render(task.splits["eval_id"][0], ES_SDE, task).prompt
+    built = {}
+    for name in ("a", "b"):  # two independent trainings, each into an empty cache
+        monkeypatch.setenv("SDE_CACHE", str(tmp_path / name))
+        built[name] = build_tiny_tokenizer(task).encode(text)
+    assert built["a"] == built["b"]
+    files = {name: sorted((tmp_path / name / "tokenizers").iterdir()) for name in ("a", "b")}
+    assert [f.name for f in files["a"]] == [f.name for f in files["b"]] and len(files["a"]) == 1
+    assert files["a"][0].read_bytes() == files["b"][0].read_bytes()
+
+    import tokenizers.trainers
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the cached tokenizer should have been reused")
+
+    monkeypatch.setattr(tokenizers.trainers, "BpeTrainer", no_training)
+    monkeypatch.setenv("SDE_CACHE", str(tmp_path / "a"))
+    mtime = files["a"][0].stat().st_mtime_ns
+    assert build_tiny_tokenizer(task).encode(text) == built["a"]
+    assert sorted((tmp_path / "a" / "tokenizers").iterdir()) == files["a"]
+    assert files["a"][0].stat().st_mtime_ns == mtime
+
+
+def test_resolve_hparams_applies_overrides() -> None:
+    task = _task(*SMALL)
+    hp = train.resolve_hparams(task, {"lr": 0.01, "epochs": 3, "batch_size": "8"})  # searched values may be text
+    assert (hp.lr, hp.epochs, hp.batch_size) == (0.01, 3, 8)
+    assert hp.lora_rank == task.config.train.lora_rank
+    assert train.resolve_hparams(task, None) == task.config.train
+
+
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"epochs": 0}, {"lora_dropout": 1.0}, {"batch_size": "many"},
+                                 {"lrr": 0.1}], ids=["negative-lr", "zero-epochs", "dropout-1", "text", "unknown"])
+def test_resolve_hparams_rejects_bad_values(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        train.resolve_hparams(_task(*SMALL), bad)
+
+
+# ---------------------------------------------------------------- slow: fit() end to end
+
+
+@pytest.mark.slow
+def test_fit_reports_each_evaluation() -> None:
+    reports, paths, report = _collect()
+    final = fit(_task(*TWO_BY_TWO), ES_SDE, report=report)
+    assert len(reports) == 2 * 2  # epochs x reports_per_epoch
+    assert [m["progress"] for m in reports] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert [m["report"] for m in reports] == [1, 2, 3, 4]
+    assert paths == [None] * 4  # no checkpoint_dir
+    for m in reports:
+        assert set(METRICS) <= set(m), set(METRICS) - set(m)
+        assert all(math.isfinite(m[k]) for k in METRICS)
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+    assert final == reports[-1]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    # batch 4 gives 100 steps, enough for the ID score to leave 0 by report 4; dropout checks the RNG state restore
+    task = _task("data.max_train=200", "data.max_eval=16", "train.epochs=2", "train.reports_per_epoch=2",
+                 "train.batch_size=4", "train.lora_dropout=0.1")
+    a, a_paths, report = _collect()
+    fit(task, ES_SDE, report=report, checkpoint_dir=str(tmp_path / "a"))
+    b, b_paths, report = _collect(stop_after=2)
+    with pytest.raises(_Stop):
+        fit(task, ES_SDE, report=report, checkpoint_dir=str(tmp_path / "b"))
+    assert b_paths == [str(tmp_path / "b" / "report-0001"), str(tmp_path / "b" / "report-0002")]
+    c, c_paths, report = _collect()
+    fit(task, ES_SDE, report=report, checkpoint_dir=str(tmp_path / "c"), resume_from=b_paths[-1])
+
+    assert [m["report"] for m in c] == [3, 4]
+    assert c_paths == [str(tmp_path / "c" / "report-0003"), str(tmp_path / "c" / "report-0004")]
+    for got, want in zip(b + c, a, strict=True):
+        for key in ("train_loss", "score", "score_ood", "format_error_rate", "step", "train_tokens"):
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (got["report"], key)
+    final_a = torch.load(Path(a_paths[-1]) / "state.pt", weights_only=False)["adapter"]
+    final_c = torch.load(Path(c_paths[-1]) / "state.pt", weights_only=False)["adapter"]
+    assert final_a.keys() == final_c.keys()
+    assert all(torch.equal(final_a[k], final_c[k]) for k in final_a)
+
+
+def _save_tiny_model(task: Task, path: Path) -> None:
+    """A small random Llama and the task's tiny tokenizer, saved as a local model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer(task)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def _fit_capturing(task: Task, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, float]], torch.nn.Module]:
+    """Fits and returns the reports and the (LoRA-wrapped) model that was trained."""
+    models: list[torch.nn.Module] = []
+    add_lora = train.add_lora
+
+    def capture(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        models.append(add_lora(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(train, "add_lora", capture)
+    reports, _, report = _collect()
+    fit(task, ES_SDE, report=report)
+    assert len(models) == 1
+    return reports, models[0]
+
+
+def _base_weights(model: torch.nn.Module) -> Sequence[torch.Tensor]:
+    return [p for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+
+
+@pytest.mark.slow
+def test_a_local_model_folder_loads_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one = ["data.max_train=32", "data.max_eval=8", "train.epochs=1", "train.reports_per_epoch=1"]
+    _save_tiny_model(_task(*one), tmp_path / "model")
+    task = _task(*one, f"model.name={tmp_path / 'model'}")
+    reports, model = _fit_capturing(task, monkeypatch)
+    assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
+    assert model.base_model.model.config.hidden_size == 32  # the saved model, not the tiny default (128)
+    assert all(p.dtype == train.model_dtype("auto") == torch.float32 for p in _base_weights(model))
+    again, _ = _fit_capturing(task, monkeypatch)  # the LoRA init of a pretrained model is seeded too
+    assert again[0]["train_loss"] == reports[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_the_tiny_model_learns_the_demo_task() -> None:
+    task = _task()  # the demo's own settings: 400 train records, 60 eval, 12 epochs, 1 report per epoch
+    golds = [task.gold(r, "eval_id") for r in task.splits["eval_id"]]
+    labels = [value for g in golds for slot in task.slots for value in g[slot]]
+    majority = labels.count(task.unmentioned) / len(labels)
+    final = fit(task, ES_SDE, report=lambda metrics, path: None)
+    # Measured (CPU, torch 2.13, seed 0; ~55 s): ID kappa 0.270 vs fixed-answer baseline 0.000; accuracy 0.496 vs
+    # majority ('unmentioned') 0.475; format errors 0.00. Accuracy per epoch swings 0.41-0.59, so only "beats the
+    # majority label" is asserted for it; kappa keeps 0.12 of headroom over the 0.15 margin.
+    assert final["score"] > final["baseline_fixed"] + 0.15
+    assert final["accuracy"] > majority
+    assert final["format_error_rate"] < 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fault", "error"), [("nan@1", TrialError), ("raise@1", TrialError),
+                                              ("oom@1", torch.OutOfMemoryError)])
+def test_injected_faults_fail_the_trial(fault: str, error: type[Exception], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(train.FAULT_ENV, fault)
+    reports, _, report = _collect()
+    with pytest.raises(error):
+        fit(_task(*SMALL, "train.epochs=1", "train.reports_per_epoch=1"), ES_SDE, report=report)
+    assert reports == []
+
+
+# ---------------------------------------------------------------- gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_gpu_uses_cuda_and_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one = ["data.max_train=32", "data.max_eval=8", "train.epochs=1", "train.reports_per_epoch=1"]
+    assert train.model_dtype("auto") == torch.bfloat16
+    reports, model = _fit_capturing(_task(*one), monkeypatch)  # tiny: built in fp32, trained on the GPU
+    assert math.isfinite(reports[0]["train_loss"])
+    assert all(p.device.type == "cuda" for p in model.parameters())
+
+    _save_tiny_model(_task(*one), tmp_path / "model")  # a loaded model takes model.dtype: auto -> bf16
+    reports, model = _fit_capturing(_task(*one, f"model.name={tmp_path / 'model'}"), monkeypatch)
+    assert math.isfinite(reports[0]["train_loss"])
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in _base_weights(model))
