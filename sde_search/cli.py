@@ -17,7 +17,7 @@ from sde_search.config import ConfigError, SpaceConfig, Task, check_compatible, 
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design, parse_design
 from sde_search.render import parse, render
 
-COMMANDS = ("search", "train", "report", "export", "ui")
+COMMANDS = ("search", "train", "ui")
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(t)
     t.add_argument("--design", default="es_sde", help="Preset, key=value,... or a design YAML (default: es_sde).")
     t.add_argument("--out", help="Folder for checkpoints and metrics.")
+    u = sub.add_parser("ui", help="Start the MLflow UI on 127.0.0.1 for the runs folder's store.")
+    u.add_argument("--runs-dir", default="runs", help="The runs folder whose mlflow.db to show (default: ./runs).")
+    u.add_argument("--port", type=int, default=5000, help="Port (default: 5000).")
+    u.add_argument("--host", default="127.0.0.1", help="Bind address (default: 127.0.0.1, this machine only).")
     return parser
 
 
@@ -62,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _search(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "ui":
+            return _ui(args)
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -116,6 +122,20 @@ def _train(args: argparse.Namespace) -> int:
     from sde_search import train  # heavy: torch, peft
 
     return train.main(task, design, out=args.out)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    db = (Path(args.runs_dir) / "mlflow.db").resolve()
+    if not db.exists():
+        raise ConfigError([f"--runs-dir {args.runs_dir}: no mlflow.db there (run a search first)"])
+    uri = f"sqlite:///{db}"
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger (PITFALLS 7)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    import subprocess
+
+    return subprocess.call(cmd, env=env)
 
 
 def load_design(spec: str) -> Design:

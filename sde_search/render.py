@@ -142,9 +142,18 @@ def _unit_text(u: Unit, reasoning: str) -> str:
     return f"{u.key}: {u.rationale}{COT}{values}" if reasoning == "cot" else f"{u.key}: {values}{REVERSE}{u.rationale}"
 
 
-def _split_unit(text: str, reasoning: str) -> tuple[str, str, bool] | None:
-    """``key: rest`` -> (key, values text, separator found); None without a colon."""
-    key, sep, rest = text.partition(":")
+def _split_unit(text: str, reasoning: str, keys: Sequence[str] = ()) -> tuple[str, str, bool] | None:
+    """``key: rest`` -> (key, values text, separator found); None without a colon.
+
+    A known key is matched first, so slot names that contain a colon (``Conflict:Attack``) survive.
+    """
+    stripped = text.strip()
+    known = [k for k in keys if stripped.lower().startswith(k.lower() + ":")]
+    if known:
+        key = max(known, key=len)
+        rest, sep = stripped[len(key) + 1:], ":"
+    else:
+        key, sep, rest = text.partition(":")
     if not sep:
         return None
     if reasoning == "cot":
@@ -173,7 +182,7 @@ def parse_natural(text: str, design: Design, c: Codec) -> tuple[list[tuple[str, 
     body = text.strip().removesuffix(".")
     joiner = _natural_joiner(c).strip()
     parts = re.split(rf"{joiner}\s+(?=[^,;:=<>]{{1,60}}:)", body)
-    return _units_from_parts(parts, design)
+    return _units_from_parts(parts, design, c)
 
 
 def render_lines(units: Sequence[Unit], design: Design, c: Codec) -> str:
@@ -183,13 +192,14 @@ def render_lines(units: Sequence[Unit], design: Design, c: Codec) -> str:
 
 def parse_lines(text: str, design: Design, c: Codec) -> tuple[list[tuple[str, str]], list[str]]:
     """One unit per non-blank line."""
-    return _units_from_parts([line for line in text.splitlines() if line.strip()], design)
+    return _units_from_parts([line for line in text.splitlines() if line.strip()], design, c)
 
 
-def _units_from_parts(parts: Sequence[str], design: Design) -> tuple[list[tuple[str, str]], list[str]]:
+def _units_from_parts(parts: Sequence[str], design: Design, c: Codec) -> tuple[list[tuple[str, str]], list[str]]:
     pairs, errors = [], []
+    keys = [c.slot_key(s) for s in c.slots]
     for part in parts:
-        split = _split_unit(part, design.reasoning)
+        split = _split_unit(part, design.reasoning, keys)
         if split is None:
             errors.append("split_error")
             continue
