@@ -363,8 +363,8 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False) -> Parsed
     stripped = text.strip()
     if not stripped:
         return Parsed(answer, ("empty",))
-    if stripped.lower().rstrip(".") == NOTHING:
-        return Parsed(answer)
+    if stripped.lower().rstrip(".") == NOTHING:  # fine under omit; under placeholder every slot was owed
+        return Parsed(answer, ("missing_slot",) if design.unmentioned == "placeholder" else ())
     pairs, errors = FORMATS[design.output_format].parse(stripped, design, c)
     repaired, seen = False, set()
     for key, raw_values in pairs:

@@ -324,3 +324,15 @@ def test_json_target_of_spans_round_trips_through_json(entities: Task) -> None:
     rows = [json.loads(line) for line in target.splitlines()]
     assert rows[0] == {"type": "person", "entities": []}
     assert {tuple(r["entities"]) for r in rows} == {(), ("Dunhollow Bank",), ("Dunhollow", "New Harl")}
+
+
+def test_bare_none_under_placeholder_is_a_format_error():
+    from pathlib import Path
+
+    from sde_search.config import load_task
+    from sde_search.design import ES_SDE, Design
+    from sde_search.render import parse
+
+    task = load_task(Path(__file__).resolve().parents[1] / "examples/demo_masa.yaml")
+    assert parse("none", ES_SDE, task).errors == ("missing_slot",)
+    assert parse("none", Design(unmentioned="omit"), task).errors == ()
