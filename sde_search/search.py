@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sde_search.config import ConfigError, SpaceConfig, Task
-from sde_search.design import DIMENSIONS, PRESETS, Design
+from sde_search.design import PRESETS, Design
 
 # Before Ray is imported (PITFALLS 2): keep every listener on 127.0.0.1 and skip token auth.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -399,11 +399,6 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
-
-
-def dimension_names() -> list[str]:
-    """Flat param names of the design dimensions."""
-    return [f"design.{d}" for d in DIMENSIONS]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -383,17 +383,26 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
 def _evaluate(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, tokenizer: Any,
               device: torch.device, max_new: int, final: bool) -> dict[str, float]:
     """Scores ID (``score``...) and OOD (``score_ood``...) sets; intermediate reports use a subset."""
+    limit = None if final else hp.report_eval_size
+    out = score_splits(task, design, hp, model, tokenizer, device, max_new, ("eval_id", "eval_ood"), limit)
+    if "score_ood" in out:
+        out["score_mean"] = (out["score"] + out["score_ood"]) / 2
+    return out
+
+
+def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, tokenizer: Any,
+                 device: torch.device, max_new: int, splits: Sequence[str], limit: int | None) -> dict[str, float]:
+    """Generates on each split present and scores it; ``*_ood`` splits get keys with an ``_ood`` suffix."""
     out: dict[str, float] = {}
-    for split, suffix in (("eval_id", ""), ("eval_ood", "_ood")):
+    for split in splits:
         if split not in task.splits:
             continue
-        es = eval_set(task, design, split, None if final else hp.report_eval_size)
+        suffix = "_ood" if split.endswith("_ood") else ""
+        es = eval_set(task, design, split, limit)
         texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
                          repetition_penalty=hp.repetition_penalty, device=device)
         train_golds = [task.gold(r, split) for r in task.splits["train"]]  # on this split's slots
         out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
-    if "score_ood" in out:
-        out["score_mean"] = (out["score"] + out["score_ood"]) / 2
     return out
 
 
@@ -481,17 +490,7 @@ def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] |
         state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
         max_new = max_new_tokens(task, design, hp, tokenizer)
-        out: dict[str, float] = {}
-        for split in splits:
-            if split not in task.splits:
-                continue
-            suffix = "_ood" if split.endswith("_ood") else ""
-            es = eval_set(task, design, split, None)
-            texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
-                             repetition_penalty=hp.repetition_penalty, device=device)
-            train_golds = [task.gold(r, split) for r in task.splits["train"]]
-            out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
-        return out
+        return score_splits(task, design, hp, model, tokenizer, device, max_new, splits, None)
     finally:
         del model
         gc.collect()
