@@ -13,11 +13,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sde_search.config import ConfigError, SpaceConfig, Task, check_compatible, load_space, load_task
+from sde_search.config import (
+    ConfigError,
+    SpaceConfig,
+    Task,
+    check_compatible,
+    check_design,
+    load_space,
+    load_task,
+    read_yaml,
+)
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design, parse_design
 from sde_search.render import parse, render
 
-COMMANDS = ("search", "train", "ui")
+COMMANDS = ("search", "train", "ui", "report", "export", "robust")
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -41,10 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the run directory).")
     s.add_argument("--name", help="Run name (default: <task>-<timestamp>).")
     s.add_argument("--runs-dir", default="runs", help="Where run directories go (default: ./runs).")
+    s.add_argument("--warm-start", nargs="+", default=[], metavar="RUN",
+                   help="Enqueue the best designs of earlier searches (run names or folders) as first trials.")
     t = sub.add_parser("train", help="Train and score one design, without Ray or MLflow.")
     _add_task_args(t)
     t.add_argument("--design", default="es_sde", help="Preset, key=value,... or a design YAML (default: es_sde).")
-    t.add_argument("--out", help="Folder for checkpoints and metrics.")
+    t.add_argument("--out", help="Folder for checkpoints, metrics and (with --full) the final adapter.")
+    t.add_argument("--full", action="store_true",
+                   help="Final fine-tune: every training record (data.max_* ignored), full eval sets.")
+    r = sub.add_parser("report", help="Rebuild the report (markdown + plots) of a finished search.")
+    r.add_argument("run", help="Run name (under --runs-dir) or run folder.")
+    r.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    e = sub.add_parser("export", help="Write a design and the task's data rendered in it (JSONL).")
+    e.add_argument("run", help="Run name (under --runs-dir) or run folder.")
+    e.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    e.add_argument("--design", help="Preset, key=value,... or design YAML (default: the run's best_design.yaml).")
+    e.add_argument("--out", required=True, help="Output folder.")
+    b = sub.add_parser("robust", help="Re-score the top designs of a search under the paper's perturbations.")
+    b.add_argument("run", help="Run name (under --runs-dir) or run folder.")
+    b.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    b.add_argument("--top", type=int, default=3, help="How many designs (default: 3).")
+    b.add_argument("--no-retrain", action="store_true", help="Skip the half-training-set retrain.")
     u = sub.add_parser("ui", help="Start the MLflow UI on 127.0.0.1 for the runs folder's store.")
     u.add_argument("--runs-dir", default="runs", help="The runs folder whose mlflow.db to show (default: ./runs).")
     u.add_argument("--port", type=int, default=5000, help="Port (default: 5000).")
@@ -68,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "ui":
             return _ui(args)
+        if args.command in ("report", "export", "robust"):
+            return _after_search(args)
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -84,8 +112,8 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return task, space
 
 
-def load_task_and_space(task_path: str, space_path: str | None,
-                        overrides: Sequence[str]) -> tuple[Task, SpaceConfig, Path]:
+def load_task_and_space(task_path: str, space_path: str | None, overrides: Sequence[str],
+                        address: str | None = None) -> tuple[Task, SpaceConfig, Path]:
     """Loads a task and its search space and cross-checks them (raises ConfigError)."""
     task_over, space_over = _split_overrides(overrides)
     task = load_task(task_path, task_over)
@@ -96,19 +124,18 @@ def load_task_and_space(task_path: str, space_path: str | None,
     else:
         resolved = Path(space_path).resolve()
     space = load_space(resolved, space_over)
-    check_compatible(task, space, resolved)
+    check_compatible(task, space, resolved, local=address is None)
     return task, space, resolved
 
 
 def _search(args: argparse.Namespace) -> int:
-    task, space, space_path = load_task_and_space(args.task, args.space, args.overrides)
+    task, space, space_path = load_task_and_space(args.task, args.space, args.overrides, args.address)
     if args.check:
         extra = []
         for spec in args.design:
-            try:
-                extra.append(parse_design(spec))
-            except ValueError as exc:
-                raise ConfigError([f"--design {spec!r}: {exc}"]) from exc
+            design = load_design(spec)
+            check_design(task, design, f"--design {spec!r}")
+            extra.append(design)
         print_check(task, space, space_path, extra)
         return 0
     from sde_search import search  # heavy: Ray, MLflow
@@ -117,11 +144,13 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    task = load_task(args.task, _split_overrides(args.overrides)[0])
+    full = ["data.max_train=null", "data.max_eval=null", "data.max_test=null"] if args.full else []
+    task = load_task(args.task, [*_split_overrides(args.overrides)[0], *full])
     design = load_design(args.design)
+    check_design(task, design, f"--design {args.design!r}")
     from sde_search import train  # heavy: torch, peft
 
-    return train.main(task, design, out=args.out)
+    return train.main(task, design, out=args.out, save_adapter=args.full)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -138,16 +167,64 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def run_folder(run: str, runs_dir: str) -> Path:
+    """A finished or interrupted search's folder, by name under ``runs_dir`` or by path (raises ConfigError)."""
+    for path in (Path(runs_dir) / run, Path(run)):
+        if (path / "run.json").is_file():
+            return path.resolve()
+    raise ConfigError([f"{run}: no search run there (looked for run.json in {Path(runs_dir) / run} and {run})"])
+
+
+def _after_search(args: argparse.Namespace) -> int:
+    """``report`` / ``export`` / ``robust`` on a run folder."""
+    import json
+
+    folder = run_folder(args.run, args.runs_dir)
+    info = json.loads((folder / "run.json").read_text())
+    every = ["data.max_train=null", "data.max_eval=null", "data.max_test=null"] if args.command == "export" else []
+    task, space, _ = load_task_and_space(info["task_path"], info["space_path"], [*info.get("overrides", []), *every])
+    if args.command == "export":
+        from sde_search import export
+
+        spec = args.design or str(folder / "best_design.yaml")
+        if not args.design and not (folder / "best_design.yaml").exists():
+            raise ConfigError([f"{folder}: no best_design.yaml (the search has no winner); pass --design"])
+        design = load_design(spec)
+        check_design(task, design, f"--design {spec!r}")
+        train = {} if args.design else (read_yaml(folder / "best_design.yaml", []).get("train") or {})
+        counts = export.export(task, design, Path(args.out), train)
+        print(f"exported {design.short()} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"final fine-tune with this tool: sde-search train --task {info['task_path']} "
+              f"--design {Path(args.out) / 'design.yaml'} --full --out final")
+        return 0
+    if not (folder / "trials.json").exists():
+        raise ConfigError([f"{folder}: the search has not finished (no trials.json); resume it with "
+                           f"--resume {folder.name}"])
+    from sde_search import report, search
+
+    run_info = search.RunInfo.load(folder)
+    if args.command == "report":
+        print(report.build(folder, task, space))
+        return 0
+    from sde_search import robust
+
+    print(robust.run(run_info, task, args.top, threads=max(1, int(space.resources.cpu)), retrain=not args.no_retrain))
+    return 0
+
+
 def load_design(spec: str) -> Design:
     """A preset, ``key=value,...`` or a design YAML file (raises ConfigError)."""
     if spec.endswith((".yaml", ".yml")):
-        import yaml
-
         path = Path(spec)
         if not path.is_file():
             raise ConfigError([f"--design {spec}: file not found"])
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        problems: list[str] = []
+        data = read_yaml(path, problems)
+        if problems:
+            raise ConfigError(problems)
         data = data.get("design", data)
+        if not isinstance(data, dict):
+            raise ConfigError([f"{path}: design: expected a mapping of dimension: value"])
         spec = ",".join(f"{k}={v}" for k, v in data.items())
     try:
         return parse_design(spec)

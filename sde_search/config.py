@@ -12,6 +12,8 @@ Pure core: never imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import random
 import re
 import string
@@ -167,6 +169,7 @@ class SamplerConfig(_Strict):
     seed: int = 0
     n_startup_trials: int = Field(4, ge=0)
     multivariate: bool = True
+    distinct: bool = True  # never repeat a design while unseen ones remain (sampler.DistinctSampler)
 
 
 class AshaConfig(_Strict):
@@ -296,13 +299,55 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
         return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"{key}: unknown key"
     if kind == "missing":
-        return f"{key}: required key is missing"
+        return f"{key}: required key is missing{_field_hint(model, err['loc'])}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{key}: expected a mapping of keys{_keys_hint(model, err['loc'])}, got {value!r}"
     if isinstance(value, bool):  # strict bool fields accept booleans, so this field wanted something else
         return (f"{key}: got the boolean {value} -- YAML 1.1 reads no/yes/on/off as booleans; "
-                f"quote the word (e.g. \"no\") or use a short lowercase value ({err['msg']})")
+                f"quote the word (e.g. \"no\") or use a short lowercase value ({err['msg']})"
+                f"{_design_hint(model, loc)}")
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
         return f"{key}: {value!r} is read as a string by YAML; write it with a dot and signed exponent, e.g. 1.0e-4"
-    return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {value!r})"
+    hint = _field_hint(model, err["loc"]) if kind == "string_pattern_mismatch" else _design_hint(model, loc)
+    return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {value!r}){hint}"
+
+
+def _field_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
+    """`` -- <the field's description>`` for the key at ``loc``, or "" when it has none."""
+    owner, name = _model_at(model, loc), _clean_loc(loc)[-1]
+    field = owner.model_fields.get(name) if owner and isinstance(name, str) else None
+    return f" -- {field.description.rstrip('.')}" if field and field.description else ""
+
+
+def _keys_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
+    """`` (allowed keys: ...)`` when the value at ``loc`` should be a config section (or a space's design/train)."""
+    owner = _model_at(model, [*loc, "?"])
+    keys = list(owner.model_fields) if owner else []
+    if model is SpaceConfig and tuple(loc) in (("design",), ("train",)):
+        keys = list(DIMENSIONS) if loc[0] == "design" else list(TrainConfig.model_fields)
+    return f" (allowed keys: {', '.join(keys)})" if keys else ""
+
+
+def _design_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
+    """`` (allowed: ...)`` for a value under a space's ``design.<dimension>``."""
+    if model is SpaceConfig and len(loc) >= 2 and loc[0] == "design" and loc[1] in DIMENSIONS:
+        return f" (allowed: {', '.join(DIMENSIONS[loc[1]])})"
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (messages are printed one problem per line)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 and how to fix it (UTF-16 is recognised by its byte-order mark)."""
+    data = bytes(exc.object)
+    bom = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    utf16 = " (it looks like UTF-16: it starts with a byte-order mark)" if bom else ""
+    line = data[: exc.start].count(b"\n") + 1
+    return f"not UTF-8 text{utf16}: {exc.reason} at byte {exc.start} (line {line}); save the file as UTF-8"
 
 
 @contextmanager
@@ -338,13 +383,8 @@ def _unique_errors(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
 
 def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     """Reads a YAML mapping with ``safe_load``; problems are appended, ``{}`` returned on failure."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.append(f"{path}: file not found")
-        return {}
-    except UnicodeDecodeError as exc:
-        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    text = _read_text(path, problems)
+    if text is None:
         return {}
     try:
         data = yaml.safe_load(text)
@@ -355,12 +395,28 @@ def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
         problems.append(f"{path}: not valid YAML{where}: {what}")
         return {}
     if data is None:
-        problems.append(f"{path}: the file is empty")
+        problems.append(f"{path}: the file is empty; expected a YAML mapping of keys (key: value lines)")
         return {}
     if not isinstance(data, dict):
-        problems.append(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+        problems.append(f"{path}: expected a mapping of keys, got {type(data).__name__} (write key: value lines, "
+                        "not '- ' list items)")
         return {}
     return data
+
+
+def _read_text(path: Path, problems: list[str]) -> str | None:
+    """The text of a UTF-8 file (a byte-order mark is skipped), or None with the problem appended."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        problems.append(f"{path}: file not found")
+    except IsADirectoryError:
+        problems.append(f"{path}: is a folder, not a YAML file")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: {not_utf8(exc)}")
+    except OSError as exc:
+        problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+    return None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], problems: list[str]) -> dict[str, Any]:
@@ -429,10 +485,19 @@ def _load_plugins(modules: Any, path: Path) -> list[str]:
         try:
             tasks.load_plugins([name])
         except ImportError as exc:
-            cause = exc.__cause__ or exc
-            problems.append(f"{path}: plugins: {name!r} could not be imported ({type(cause).__name__}: {cause}); "
-                            "plugins must be importable modules (on PYTHONPATH or installed)")
+            problems.append(f"{path}: plugins: {_plugin_problem(name, exc.__cause__ or exc)}")
     return problems
+
+
+def _plugin_problem(name: str, cause: BaseException) -> str:
+    """Why a plugin failed: not found on ``sys.path``, or found but raising while it was imported."""
+    what = f"{name!r} could not be imported ({type(cause).__name__}: {_first_line(cause)})"
+    missing = isinstance(cause, ModuleNotFoundError) and cause.name is not None \
+        and f"{name}.".startswith(f"{cause.name}.")
+    if missing:
+        return (f"{what}; plugins must be importable modules: on PYTHONPATH or installed "
+                "(the task file's folder is not searched)")
+    return f"{what}; the module was found but raised while importing -- fix it or remove it from plugins"
 
 
 def _check_type(name: str, path: Path) -> list[str]:
@@ -486,6 +551,10 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
         dup = sorted({s for s in items if items.count(s) > 1})
         if dup:
             problems.append(f"{path}: labels.{slot_list}: duplicate entries {dup}")
+    space = config.search_space
+    if space is not None and not (path.parent / space).is_file():
+        problems.append(f"{path}: search_space: file not found: {(path.parent / space).resolve()} "
+                        "(the path is relative to the task file's folder)")
     return problems
 
 
@@ -507,14 +576,28 @@ def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
             where = f"{path}: data.{split}"
             read[source] = _load_records(source, root, config, kind, where, problems)
             if read[source] is not None:
-                _check_records(read[source], config, kind, split, where, problems)  # all, not just the sample
+                # all records, not just the sample
+                _check_records(read[source], config, kind, split, f"{where} ({source})", problems)
         records = read[source]
         if records is None:
             continue
+        if split.endswith("_ood"):
+            problems.extend(_ood_problems(records, config, f"{path}: data.{split}", getattr(config.data, split)))
         limit = config.data.max_train if split == "train" else (
             config.data.max_eval if split.startswith("eval") else config.data.max_test)
         splits[split] = tuple(_subsample(records, limit, config.data.seed))
     return splits
+
+
+def _ood_problems(records: Sequence[tasks.Record], config: TaskConfig, where: str, given: str | None) -> list[str]:
+    """A mismatched OOD schema: an OOD set that labels none of the OOD slots would be scored on nothing."""
+    ood = config.labels.ood_slots or config.labels.slots
+    seen = sorted({s for r in records for s in r.answer})
+    if not records or set(ood) & set(seen):
+        return []
+    origin = "" if given else " (it defaults to data.eval_id / data.test_id read with labels.ood_slots)"
+    return [f"{where}: the OOD records{origin} label none of labels.ood_slots {list(ood)}; they label "
+            f"{seen or 'nothing'} -- labels.ood_slots must name the OOD set's slots"]
 
 
 def _shared_sources(sources: Mapping[str, str | None], path: Path) -> list[str]:
@@ -530,21 +613,29 @@ def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskT
     location = source if source.startswith("hf:") else str(root / source)
     try:
         rows = tasks.read_rows(location, columns=config.data.columns)
-    except FileNotFoundError:
-        problems.append(f"{where}: file not found: {location} (paths are relative to data.root = {root})")
-        return None
-    except UnicodeDecodeError as exc:
-        problems.append(f"{where}: {location} is not UTF-8 text ({exc.reason} at byte {exc.start})")
-        return None
-    except (ValueError, OSError) as exc:
-        problems.append(f"{where}: {location}: {exc}")
+    except (ValueError, OSError, ImportError) as exc:  # UnicodeDecodeError is a ValueError
+        problems.append(f"{where}: {_read_problem(exc, source, location, root)}")
         return None
     bad: list[str] = []
     records = tasks.records_from_rows(rows, kind, lambda i, msg: bad.append(f"{where}: {location} row {i}: {msg}"))
     problems.extend(bad[:5] + ([f"{where}: ... and {len(bad) - 5} more bad rows"] if len(bad) > 5 else []))
     if not rows:
-        problems.append(f"{where}: {location} holds no records")
+        problems.append(f"{where}: {location} holds no records (a .jsonl file needs one JSON object per line)")
     return records
+
+
+def _read_problem(exc: Exception, source: str, location: str, root: Path) -> str:
+    """One line saying why a data source could not be read."""
+    if source.startswith("hf:"):
+        return (f"{source} could not be loaded ({type(exc).__name__}: {_first_line(exc)}); "
+                "hf: sources need the datasets package and a cached or reachable dataset")
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {location} (paths are relative to data.root = {root})"
+    if isinstance(exc, IsADirectoryError):
+        return f"{location} is a folder; give a file (allowed: .jsonl, .json or .csv, or hf:<dataset id>)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{location} is {not_utf8(exc)}"
+    return f"{location}: {_first_line(exc)}"
 
 
 def _subsample(records: list[tasks.Record], limit: int | None, seed: int) -> list[tasks.Record]:
@@ -562,7 +653,7 @@ def _check_records(records: Sequence[tasks.Record], config: TaskConfig, kind: ta
     ids = [r.id for r in records]
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
     if dup:
-        problems.append(f"{where}: duplicate record ids {dup[:5]}")
+        problems.append(f"{where}: duplicate record ids {dup[:5]} (every record needs its own id)")
     bad = [(r.id, p) for r in records for p in kind.label_problems(r, all_slots, labels.values, unmentioned)]
     for rid, p in bad[:5]:
         problems.append(f"{where}: record {rid}: {p}")
@@ -617,7 +708,15 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
         if name not in PRESETS:
             problems.append(f"{path}: baselines: {name!r} is not a preset{_did_you_mean(name, list(PRESETS))} "
                             f"(allowed: {', '.join(PRESETS)})")
+    problems.extend(_resource_problems(space.resources, path))
     return problems
+
+
+def _resource_problems(resources: ResourcesConfig, path: Path) -> list[str]:
+    """Ray gives a trial a fraction of one CPU/GPU or whole ones, nothing in between (1.5 GPUs)."""
+    return [f"{path}: resources.{key}: {value:g} per trial is neither a fraction of one nor a whole number "
+            f"(allowed: 0 < {key} < 1, trials sharing one, or 1, 2, 3, ...)"
+            for key, value in (("cpu", resources.cpu), ("gpu", resources.gpu)) if value > 1 and value != int(value)]
 
 
 def _train_value_problems(key: str, value: Any) -> list[str]:
@@ -641,26 +740,26 @@ def _train_value_problems(key: str, value: Any) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str) -> None:
-    """Cross-checks a task against a space.
+def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, local: bool = True) -> None:
+    """Cross-checks a task against a space (and the space's resources against this machine).
+
+    Args:
+        task: The loaded task.
+        space: The loaded space.
+        space_path: The space's file, named in the messages.
+        local: Whether the trials run on this machine; ``False`` when joining a Ray cluster (``--address``),
+            whose GPUs are not visible here.
 
     Raises:
         ConfigError: With every inconsistency found.
     """
-    problems = []
     choices = space.design_choices()
-    if "number" in choices["label_style"] and not task.kind.multi_valued and not task.config.labels.numbers:
-        problems.append(f"{space_path}: design.label_style: 'number' needs labels.numbers in {task.path} "
-                        f"(e.g. {{positive: 1, neutral: 0, negative: -1, {task.unmentioned}: -2}})")
-    if {"cot", "reverse_cot"} & set(choices["reasoning"]):
-        missing = [(r.id, [s for s in task.slots if not str(r.rationales.get(s) or "").strip()])
-                   for r in task.splits["train"]]
-        missing = [(rid, slots) for rid, slots in missing if slots]
-        if missing:
-            problems.append(f"{space_path}: design.reasoning: CoT needs 'rationales' in every training record, one "
-                            f"per slot; {len(missing)} of {len(task.splits['train'])} in data.train of {task.path} "
-                            f"lack some (e.g. {missing[0][0]}: none for {missing[0][1]}); "
-                            "add rationales or use reasoning: none")
+    problems = _design_problems(task, choices, f"{space_path}: design.")
+    if local:
+        problems.extend(_gpu_problems(space.resources.gpu, space_path))
+    if task.config.model.load_in_4bit and not space.resources.gpu:
+        problems.append(f"{task.path}: model.load_in_4bit: 4-bit loading needs a GPU, but resources.gpu is 0 in "
+                        f"{space_path} (allowed: load_in_4bit: false on CPU, or resources.gpu > 0)")
     if "none" in choices["instruction"] and task.config.objective in ("ood", "mean", "pareto") \
             and task.ood_slots != task.slots:
         problems.append(f"{space_path}: design.instruction: 'none' cannot be scored OOD when labels.ood_slots differ "
@@ -674,3 +773,74 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str) -> 
                         f"budget.num_samples ({space.budget.num_samples}), or TPE never runs")
     if problems:
         raise ConfigError(problems)
+
+
+def check_design(task: Task, design: Design, source: str) -> None:
+    """Checks that the task's data can be rendered under one design (``--design``, ``train --design``).
+
+    Args:
+        task: The loaded task.
+        design: The design.
+        source: Where the design came from, named in the messages (e.g. ``--design 'reasoning=cot'``).
+
+    Raises:
+        ConfigError: When the data lacks what the design needs (codes for numeric labels, CoT rationales).
+    """
+    problems = _design_problems(task, {d: (getattr(design, d),) for d in DIMENSIONS}, f"{source}: ")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _design_problems(task: Task, choices: Mapping[str, Sequence[str]], prefix: str) -> list[str]:
+    """What the data lacks for the designs in ``choices``; messages start with ``prefix`` + the dimension."""
+    problems = []
+    if "number" in choices["label_style"] and not task.kind.multi_valued and not task.config.labels.numbers:
+        problems.append(f"{prefix}label_style: 'number' needs labels.numbers in {task.path} "
+                        f"(e.g. {{positive: 1, neutral: 0, negative: -1, {task.unmentioned}: -2}})")
+    if {"cot", "reverse_cot"} & set(choices["reasoning"]):
+        missing = [(r.id, [s for s in task.slots if not str(r.rationales.get(s) or "").strip()])
+                   for r in task.splits["train"]]
+        missing = [(rid, slots) for rid, slots in missing if slots]
+        if missing:
+            problems.append(f"{prefix}reasoning: CoT needs 'rationales' in every training record, one "
+                            f"per slot; {len(missing)} of {len(task.splits['train'])} in data.train of {task.path} "
+                            f"lack some (e.g. {missing[0][0]}: none for {missing[0][1]}); "
+                            "add rationales or use reasoning: none")
+    return problems
+
+
+def visible_gpus(driver: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """The GPUs this process can use, found without importing torch.
+
+    Counts the NVIDIA driver's entries (one folder per GPU; none without the driver), narrowed by
+    ``CUDA_VISIBLE_DEVICES`` when it is set: like CUDA, the list stops at the first entry that is empty,
+    negative or out of range.
+
+    Args:
+        driver: The driver's folder of GPUs.
+
+    Returns:
+        The number of usable GPUs.
+    """
+    found = sum(1 for _ in driver.iterdir()) if driver.is_dir() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return found
+    usable = 0
+    for item in (part.strip() for part in listed.split(",")):
+        if not item or item.startswith("-") or (item.isdigit() and int(item) >= found):
+            break
+        usable += 1
+    return min(usable, found)
+
+
+def _gpu_problems(gpu: float, space_path: Path | str) -> list[str]:
+    """``resources.gpu`` asking for more GPUs than this machine shows (Ray would wait for them forever)."""
+    have = visible_gpus()
+    if math.ceil(gpu) <= have:
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    how = "counted in /proc/driver/nvidia/gpus" + (f", CUDA_VISIBLE_DEVICES={listed!r}" if listed is not None else "")
+    allowed = f"0 to {have}" if have else "0, this machine has no usable GPU"
+    return [f"{space_path}: resources.gpu: {gpu:g} per trial, but {have} GPU{'' if have == 1 else 's'} "
+            f"{'is' if have == 1 else 'are'} visible on this machine ({how}) (allowed: {allowed})"]

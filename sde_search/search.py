@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 import ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
@@ -41,6 +43,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from sde_search import report as reporting  # noqa: E402
+from sde_search import tracking  # noqa: E402
+from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
 
 OBJECTIVE_METRIC = {"id": "score", "ood": "score_ood", "mean": "score_mean", "pareto": "score"}
 WORKER_ENV = ("SDE_FAULT", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
@@ -75,48 +79,42 @@ class RunInfo:
 # ---------------------------------------------------------------- space
 
 
-def optuna_space(space: SpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Splits the space into (searched Optuna distributions, fixed values), with flat dotted names."""
-    searched: dict[str, Any] = {}
-    fixed: dict[str, Any] = {}
-    for dim, values in space.design_choices().items():
-        name = f"design.{dim}"
-        if len(values) > 1:
-            searched[name] = optuna.distributions.CategoricalDistribution(list(values))
-        else:
-            fixed[name] = values[0]
-    for key, value in space.train.items():
-        name = f"train.{key}"
-        if isinstance(value, list) and len(value) > 1:
-            searched[name] = optuna.distributions.CategoricalDistribution(value)
-        elif isinstance(value, list):
-            fixed[name] = value[0]
-        elif hasattr(value, "low"):
-            if value.type == "int":
-                searched[name] = optuna.distributions.IntDistribution(int(value.low), int(value.high), log=value.log,
-                                                                      step=int(value.step or 1))
-            else:
-                searched[name] = optuna.distributions.FloatDistribution(value.low, value.high, log=value.log,
-                                                                        step=value.step)
-        else:
-            fixed[name] = value
-    return searched, fixed
+def baseline_points(space: SpaceConfig, searched: Mapping[str, Any], task: Task,
+                    warm: Sequence[Design] = ()) -> list[dict[str, Any]]:
+    """``points_to_evaluate``: the paper's baseline and ES-SDE (``baselines:``), then warm-start designs.
 
-
-def baseline_points(space: SpaceConfig, searched: Mapping[str, Any], task: Task) -> list[dict[str, Any]]:
-    """The paper's baseline and ES-SDE (``baselines:``) as ``points_to_evaluate``, when inside the space."""
-    points = []
-    for name in space.baselines:
-        params = PRESETS[name].to_params()
+    Designs outside the space are left out; searched training values take the task's value (or the range's
+    low end when it falls outside).
+    """
+    points: list[dict[str, Any]] = []
+    fixed = optuna_space(space)[1]
+    for design in [PRESETS[name] for name in space.baselines] + list(warm):
+        params = design.to_params()
         point = {k: v for k, v in params.items() if k in searched}
         if all(v in searched[k].choices for k, v in point.items()) and point not in points and \
-                all(params[k] == v for k, v in optuna_space(space)[1].items() if k in params):
+                all(params[k] == v for k, v in fixed.items() if k in params):
             for key, dist in searched.items():
                 if key.startswith("train."):
                     default = getattr(task.config.train, key[6:])
                     point[key] = default if _fits(dist, default) else _midpoint(dist)
             points.append(point)
     return points
+
+
+def warm_designs(runs_dir: Path, runs: Sequence[str], top: int = 3) -> list[Design]:
+    """The best ``top`` distinct full-budget designs of each earlier search (``--warm-start``)."""
+    from sde_search.analysis import full_budget, load_rows
+
+    designs: list[Design] = []
+    for run in runs:
+        folder = next((p for p in (runs_dir / run, Path(run)) if (p / "trials.json").is_file()), None)
+        if folder is None:
+            raise ConfigError([f"--warm-start {run}: no finished search there (no trials.json in "
+                               f"{runs_dir / run} or {run})"])
+        summary = json.loads((folder / "summary.json").read_text())
+        best = [r.design for r in full_budget(load_rows(folder / "trials.json"), summary["metric"])]
+        designs += [d for d in dict.fromkeys(best) if d not in designs][:top]
+    return designs
 
 
 def _fits(dist: Any, value: Any) -> bool:
@@ -131,15 +129,17 @@ def _midpoint(dist: Any) -> Any:
     return dist.low
 
 
-def make_sampler(space: SpaceConfig) -> optuna.samplers.BaseSampler:
-    """TPE (seeded, multivariate, constant liar), random or brute force."""
+def make_sampler(space: SpaceConfig, searched: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    """TPE (seeded, multivariate, constant liar), random or brute force; wrapped to keep designs distinct."""
     s = space.sampler
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
     if s.name == "brute_force":
-        return optuna.samplers.BruteForceSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
-                                      multivariate=s.multivariate, constant_liar=True)
+        return optuna.samplers.BruteForceSampler(seed=s.seed)  # distinct by construction
+    if s.name == "random":
+        base: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=s.seed)
+    else:
+        base = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=s.multivariate, constant_liar=True)
+    return DistinctSampler(base, searched, seed=s.seed) if s.distinct else base
 
 
 # ---------------------------------------------------------------- trainable
@@ -268,22 +268,38 @@ def start_parent(info_kw: dict[str, Any], task: Task, space: SpaceConfig, artifa
     return exp_id, run.info.run_id
 
 
-def _start_ray(address: str | None, space: SpaceConfig, log_path: Path) -> None:
+def _start_ray(address: str | None, space: SpaceConfig) -> float:
+    """Starts (or joins) Ray and checks the per-trial resources; returns the seconds it took."""
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     src = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
-    handler = logging.FileHandler(log_path)
+    _ray_log_to(logging.NullHandler())
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
+                              "include_dashboard": False, "configure_logging": False}
+    t0 = time.time()
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # address="local": always a new instance, never a stale cluster found through /tmp/ray.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(space.resources.cpu)),
+                 num_gpus=None if space.resources.gpu else 0, **kwargs)
+    seconds = time.time() - t0
+    try:
+        _validate_resources(space)
+    except ConfigError:
+        ray.shutdown()
+        raise
+    where = f"joined the Ray cluster at {address}" if address else "started Ray on 127.0.0.1"
+    total = ray.cluster_resources()
+    print(f"{where} in {seconds:.1f} s ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs)", flush=True)
+    return seconds
+
+
+def _ray_log_to(handler: logging.Handler) -> None:
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
         lg.propagate = False
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
-                              "include_dashboard": False, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(space.resources.cpu)),
-                 num_gpus=None if space.resources.gpu else 0, **kwargs)
 
 
 def _validate_resources(space: SpaceConfig) -> None:
@@ -298,8 +314,13 @@ def _validate_resources(space: SpaceConfig) -> None:
 
 
 def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.Namespace) -> int:
-    """``sde-search --task T.yaml``: runs (or resumes) a search and prints the report."""
+    """``sde-search --task T.yaml``: runs (or resumes) a search and prints the report.
+
+    Nothing is created (run folder, MLflow run) before the names, the tracking store and the Ray
+    resources have been checked, so a mistake leaves nothing behind.
+    """
     runs_dir = Path(args.runs_dir).resolve()
+    info: RunInfo | None = None
     if args.resume:
         run_dir = _find_run(runs_dir, args.resume, task)
         info = RunInfo.load(run_dir)
@@ -313,11 +334,35 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
         info_kw = {"name": name, "run_dir": str(run_dir), "task_path": str(task.path), "space_path": str(space_path),
                    "tracking_uri": uri, "experiment": task.config.tracking.experiment or task.config.name,
                    "study_name": f"sde-{task.config.name}-{name}", "overrides": tuple(args.overrides)}
-        run_dir.mkdir(parents=True)
-        _, parent = start_parent(info_kw, task, space, runs_dir / "mlartifacts")
-        info = RunInfo(parent_run_id=parent, **info_kw)
-        info.save()
-    return execute(task, space, info, address=args.address)
+    warm = warm_designs(runs_dir, args.warm_start) if getattr(args, "warm_start", None) else []
+    if warm:
+        print("warm start: " + ", ".join(d.short() for d in warm), flush=True)
+    ray_init_s = _start_ray(args.address, space)
+    try:
+        if info is not None:  # resuming
+            MlflowClient(info.tracking_uri).update_run(info.parent_run_id, status="RUNNING")
+        else:
+            run_dir.mkdir(parents=True)
+            _, parent = start_parent(info_kw, task, space, runs_dir / "mlartifacts")
+            info = RunInfo(parent_run_id=parent, **info_kw)
+            info.save()
+        _ray_log_to(logging.FileHandler(run_dir / "ray.log"))
+        return execute(task, space, info, ray_init_s=ray_init_s, warm=warm)
+    except BaseException as exc:  # the parent run must not stay RUNNING; --resume reopens it
+        if info is not None:
+            _mark_parent(info, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", repr(exc)[:250])
+        raise
+    finally:
+        ray.shutdown()
+
+
+def _mark_parent(info: RunInfo, status: str, why: str) -> None:
+    try:
+        client = MlflowClient(info.tracking_uri)
+        client.set_tag(info.parent_run_id, "sde.interrupted", why)
+        client.set_terminated(info.parent_run_id, status=status)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        print(f"warning: could not close MLflow run {info.parent_run_id}: {exc}", file=sys.stderr)
 
 
 def _find_run(runs_dir: Path, which: str, task: Task) -> Path:
@@ -333,8 +378,8 @@ def _find_run(runs_dir: Path, which: str, task: Task) -> Path:
     return candidates[-1]
 
 
-def execute(task: Task, space: SpaceConfig, info: RunInfo, *, address: str | None = None) -> int:
-    """Builds Tuner (or restores it), runs it and reports; returns the exit code."""
+def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float, warm: Sequence[Design] = ()) -> int:
+    """Builds Tuner (or restores it) on the running Ray, runs it and reports; returns the exit code."""
     run_dir = Path(info.run_dir)
     mlflow.set_tracking_uri(info.tracking_uri)
     searched, fixed = optuna_space(space)
@@ -355,35 +400,33 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, address: str | Non
                                       tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
                  Progress(space.budget.num_samples, metric)]
     experiment_dir = run_dir / "tune"
-    _start_ray(address, space, run_dir / "ray.log")
     t0 = time.time()
     try:
-        _validate_resources(space)
         if (experiment_dir / "tuner.pkl").exists():
-            reporting.close_stale_runs(info)
+            tracking.close_stale_runs(info)
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_unfinished=True,
                                        restart_errored=True)
             print(f"resuming {info.name} from {experiment_dir}", flush=True)
         else:
-            tuner = _new_tuner(fn, space, task, info, searched, metric, max_t, reuse, callbacks, run_dir)
+            tuner = _new_tuner(fn, space, task, info, searched, metric, max_t, reuse, callbacks, run_dir, warm)
         print(f"search {info.name}: {space.size()} designs, {space.budget.num_samples} trials, "
               f"{space.budget.max_concurrent} at once; objective {metric}; ASHA "
               f"{'on' if space.asha.enabled else 'off'} (max_t {max_t}); MLflow {info.tracking_uri}", flush=True)
         results = tuner.fit()
     finally:
         ray.shutdown()
-    wall = time.time() - t0
-    return reporting.finish(task, space, info, results, metric=metric, wall_s=wall)
+    wall = time.time() - t0 + ray_init_s
+    return reporting.finish(task, space, info, results, metric=metric, wall_s=wall, ray_init_s=ray_init_s)
 
 
 def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched: dict[str, Any], metric: str,
-               max_t: int, reuse: bool, callbacks: list, run_dir: Path) -> tune.Tuner:
+               max_t: int, reuse: bool, callbacks: list, run_dir: Path, warm: Sequence[Design]) -> tune.Tuner:
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
     pareto = task.config.objective == "pareto"
     search_alg = OptunaSearch(space=searched, metric=["score", "score_ood"] if pareto else metric,
                               mode=["max", "max"] if pareto else "max",
-                              points_to_evaluate=baseline_points(space, searched, task) or None,
-                              sampler=make_sampler(space), study_name=info.study_name, storage=storage)
+                              points_to_evaluate=baseline_points(space, searched, task, warm) or None,
+                              sampler=make_sampler(space, searched), study_name=info.study_name, storage=storage)
     if space.asha.enabled:
         scheduler: Any = ASHAScheduler(time_attr="report", metric="asha_score", mode="max",
                                        max_t=max_t, grace_period=space.asha.grace_period,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,8 @@ class TaskType:
     def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],
                        unmentioned: str) -> list[str]:
         """Labels of ``record`` outside the schema, as short messages (empty when fine)."""
-        return [f"slot {s!r} is not in labels.slots/ood_slots" for s in record.answer if s not in slots]
+        return [f"slot {s!r} is not in labels.slots/ood_slots (allowed: {', '.join(slots)})"
+                for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],
               values: Sequence[str], unmentioned: str) -> dict[str, float]:
@@ -118,14 +120,15 @@ class AspectSentiment(TaskType):
         if not isinstance(labels, dict):
             raise TypeError("'labels' must be an object {aspect: label}")
         answer = {str(k): (str(v),) for k, v in labels.items()}
-        return Record(str(obj["id"]), str(obj["text"]), answer, dict(obj.get("rationales") or {}))
+        return Record(str(obj["id"]), _text(obj), answer, _rationales(obj))
 
     def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],  # noqa: D102
                        unmentioned: str) -> list[str]:
         allowed = [*values, unmentioned]
         bad = [f"aspect {s!r}: label {v[0]!r} is not one of {allowed}" for s, v in record.answer.items()
                if s in slots and v[0] not in allowed]
-        return bad + [f"aspect {s!r} is not in labels.slots/ood_slots" for s in record.answer if s not in slots]
+        return bad + [f"aspect {s!r} is not in labels.slots/ood_slots (allowed: {', '.join(slots)})"
+                      for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
               values: Sequence[str], unmentioned: str) -> dict[str, float]:
@@ -144,20 +147,45 @@ class _Spans(TaskType):
     placeholder = "none"
 
     def from_json(self, obj: Mapping[str, Any]) -> Record:  # noqa: D102
-        text = str(obj["text"])
+        text = _text(obj)
         answer: dict[str, list[str]] = {}
-        for item in obj[self.list_key]:
+        items = obj[self.list_key]
+        shape = f"{{type, {self.text_key}, start, end}}"
+        if not isinstance(items, list):
+            raise TypeError(f"'{self.list_key}' must be a list of objects {shape}, got {type(items).__name__}")
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or "type" not in item or self.text_key not in item:
+                raise ValueError(f"{self.list_key}[{n}]: expected an object {shape} (start, end optional), "
+                                 f"got {item!r}")
             span = str(item[self.text_key])
             start, end = item.get("start"), item.get("end")
+            if not all(isinstance(i, int) or i is None for i in (start, end)):
+                raise TypeError(f"{self.list_key}[{n}]: start and end must be whole numbers (character offsets)")
             if start is not None and text[start:end] != span:
                 raise ValueError(f"{self.list_key}: text[{start}:{end}] is {text[start:end]!r}, not {span!r}")
             answer.setdefault(str(item["type"]), []).append(span)
         answer_t = {k: tuple(v) for k, v in answer.items()}
-        return Record(str(obj["id"]), text, answer_t, dict(obj.get("rationales") or {}))
+        return Record(str(obj["id"]), text, answer_t, _rationales(obj))
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
               values: Sequence[str], unmentioned: str) -> dict[str, float]:
         return metrics.span_scores(golds, preds, containment=self.containment)
+
+
+def _text(obj: Mapping[str, Any]) -> str:
+    """The record's ``text``, which must be a string."""
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise TypeError(f"'text' must be a string, got {type(text).__name__}")
+    return text
+
+
+def _rationales(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The record's optional ``rationales``, an object {slot: one-line justification}."""
+    rationales = obj.get("rationales") or {}
+    if not isinstance(rationales, dict):
+        raise TypeError(f"'rationales' must be an object {{slot: text}}, got {type(rationales).__name__}")
+    return dict(rationales)
 
 
 @task_type
@@ -189,7 +217,7 @@ def load_plugins(modules: Sequence[str]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # a plugin may raise anything on import
+        except (Exception, SystemExit) as exc:  # a plugin may raise anything on import, sys.exit() included
             raise ImportError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from exc
 
 
@@ -210,29 +238,59 @@ def read_rows(source: str, *, columns: Mapping[str, str] | None = None, split: s
     if source.startswith("hf:"):
         rows = _read_hf(source[3:], split)
     elif source.endswith(".csv"):
-        with open(source, newline="", encoding="utf-8") as f:
-            rows = [_decode_csv_cells(r) for r in csv.DictReader(f)]
-    else:
-        with open(source, encoding="utf-8") as f:
-            rows = [_json_line(line, source, i) for i, line in enumerate(f, 1) if line.strip()]
+        rows = _read_csv(_read_utf8(source))
+    else:  # split at "\n" only: JSON strings may hold other line breaks (U+2028)
+        lines = _read_utf8(source).split("\n")
+        rows = [_json_line(line, source, i) for i, line in enumerate(lines, 1) if line.strip()]
     if columns:
         rows = [{**r, **{key: r[col] for key, col in columns.items() if col in r}} for r in rows]
     return rows
+
+
+def _read_utf8(source: str) -> str:
+    """A whole file as UTF-8 text (a byte-order mark is skipped); a decoding error locates the byte in the file."""
+    return Path(source).read_bytes().decode("utf-8-sig")
 
 
 def _json_line(line: str, source: str, number: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"line {number}: not valid JSON ({exc.msg})") from exc
+        raise ValueError(f"line {number}: not valid JSON ({exc.msg}); "
+                         "a .jsonl file holds one JSON object per line") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"line {number}: expected a JSON object, got {type(obj).__name__}")
+        raise ValueError(f"line {number}: expected a JSON object {{\"id\": ..., \"text\": ...}}, "
+                         f"got {type(obj).__name__}")
     return obj
 
 
-def _decode_csv_cells(row: dict[str, str]) -> dict[str, Any]:
+def _read_csv(text: str) -> list[dict[str, Any]]:
+    """Rows of a CSV text with a header line; a row with more or fewer cells than the header is an error."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    for row in reader:
+        header = reader.fieldnames or []
+        extra, short = row.pop(None, []), [k for k, v in row.items() if v is None]
+        if extra or short:
+            raise ValueError(f"line {reader.line_num}: {len(header) + len(extra) - len(short)} cells where the "
+                             f"header has {len(header)} columns ({', '.join(header)}); quote cells that hold commas")
+        rows.append(_decode_csv_cells(row, reader.line_num))
+    return rows
+
+
+def _decode_csv_cells(row: dict[str, str], line: int) -> dict[str, Any]:
     """CSV cells holding JSON (labels, entities, events) are decoded; others stay strings."""
-    return {k: json.loads(v) if v[:1] in "[{" else v for k, v in row.items()}
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value[:1] not in ("[", "{"):
+            out[key] = value
+            continue
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {line}, column {key!r}: not valid JSON ({exc.msg}); "
+                             "cells starting with [ or { must hold JSON") from exc
+    return out
 
 
 def _read_hf(dataset_id: str, split: str) -> list[dict[str, Any]]:
@@ -252,7 +310,7 @@ def records_from_rows(rows: Sequence[Mapping[str, Any]], kind: TaskType,
             records.append(kind.from_json({"id": f"row-{i}", **row}))
         except KeyError as exc:
             on_error(i, f"missing key {exc}")
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
             on_error(i, str(exc))
     return records
 

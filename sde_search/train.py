@@ -204,19 +204,43 @@ class EvalSet:
     golds: list[dict[str, tuple[str, ...]]]
 
 
-def eval_set(task: Task, design: Design, split: str, limit: int | None) -> EvalSet:
-    """The first ``limit`` records of a split (all when None), rendered under the design."""
+def eval_set(task: Task, design: Design, split: str, limit: int | None, instruction: str | None = None) -> EvalSet:
+    """The first ``limit`` records of a split (all when None), rendered under the design.
+
+    ``instruction`` replaces the task's instruction (a paraphrase, for the robustness check).
+    """
     records = task.splits[split][:limit] if limit else task.splits[split]
     ood = split.endswith("_ood")
-    return EvalSet(split, [render(r, design, task, ood=ood).prompt for r in records],
+    return EvalSet(split, [render(r, design, task, ood=ood, instruction=instruction).prompt for r in records],
                    [task.gold(r, split) for r in records])
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode: greedy (``temperature`` 0, the default) or sampling, as in the paper's robustness test."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``model.generate``."""
+        if self.temperature <= 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or None, "top_p": self.top_p}
+
+
+GREEDY = Decoding()
 
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-             batch_size: int, repetition_penalty: float, device: torch.device) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded continuations."""
+             batch_size: int, repetition_penalty: float, device: torch.device,
+             decoding: Decoding = GREEDY) -> list[str]:
+    """Batched, left-padded generation (greedy unless ``decoding`` samples); returns the continuations."""
     model.eval()
+    torch.manual_seed(decoding.seed)
     outputs = []
     for start in range(0, len(prompts), batch_size):
         chunk = [[tokenizer.bos_token_id, *tokenizer.encode(p, add_special_tokens=False)]
@@ -227,7 +251,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, 
         for i, c in enumerate(chunk):
             ids[i, width - len(c):] = torch.tensor(c)
             mask[i, width - len(c):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **decoding.kwargs(),
                              max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist())
@@ -391,16 +415,23 @@ def _evaluate(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Modul
 
 
 def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, tokenizer: Any,
-                 device: torch.device, max_new: int, splits: Sequence[str], limit: int | None) -> dict[str, float]:
-    """Generates on each split present and scores it; ``*_ood`` splits get keys with an ``_ood`` suffix."""
+                 device: torch.device, max_new: int, splits: Sequence[str], limit: int | None, *,
+                 decoding: Decoding = GREEDY, instruction: str | None = None,
+                 outputs: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """Generates on each split present and scores it; ``*_ood`` splits get keys with an ``_ood`` suffix.
+
+    The raw generations of each split are stored in ``outputs`` when given.
+    """
     out: dict[str, float] = {}
     for split in splits:
         if split not in task.splits:
             continue
         suffix = "_ood" if split.endswith("_ood") else ""
-        es = eval_set(task, design, split, limit)
+        es = eval_set(task, design, split, limit, instruction)
         texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
-                         repetition_penalty=hp.repetition_penalty, device=device)
+                         repetition_penalty=hp.repetition_penalty, device=device, decoding=decoding)
+        if outputs is not None:
+            outputs[split] = texts
         train_golds = [task.gold(r, split) for r in task.splits["train"]]  # on this split's slots
         out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
     return out
@@ -436,8 +467,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping[str, Any] | None = None) -> int:
-    """``sde-search train``: fits one design and prints each report as a table row."""
+def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping[str, Any] | None = None,
+         save_adapter: bool = False) -> int:
+    """``sde-search train``: fits one design and prints each report as a table row.
+
+    With ``save_adapter`` (``--full``) the final LoRA adapter and tokenizer are saved to ``OUT/adapter``.
+    """
     hp = resolve_hparams(task, hparams)
     print(f"training {design.short()} on {task.config.name}: {len(task.splits['train'])} records, "
           f"{hp.epochs} epochs, {hp.reports_per_epoch} reports/epoch, model {task.config.model.name}", flush=True)
@@ -469,16 +504,44 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if save_adapter:
+            last = sorted((Path(out) / "checkpoints").glob("report-*"))[-1]
+            folder = save_final_adapter(task, hparams, str(last), Path(out) / "adapter")
+            print(f"adapter saved to {folder} (peft format; load with PeftModel.from_pretrained)")
     return 0
 
 
+def save_final_adapter(task: Task, hparams: Mapping[str, Any] | None, checkpoint: str, folder: Path) -> Path:
+    """Writes a checkpoint's LoRA adapter (peft ``save_pretrained``) and the tokenizer to ``folder``."""
+    hp = resolve_hparams(task, hparams)
+    model, tokenizer, tiny = build_model(task)
+    model = add_lora(model, hp, tiny)
+    set_peft_model_state_dict(model, torch.load(Path(checkpoint) / "state.pt", weights_only=False)["adapter"])
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] | None, checkpoint: str,
-                        splits: Sequence[str] = ("test_id", "test_ood"), threads: int | None = None,
-                        ) -> dict[str, float]:
-    """Scores a trained checkpoint once on held-out splits (the final report's test sets).
+                        splits: Sequence[str] = ("test_id", "test_ood"), threads: int | None = None, *,
+                        decodings: Sequence[Decoding] = (GREEDY,), instruction: str | None = None,
+                        outputs: dict[str, list[str]] | None = None) -> list[dict[str, float]]:
+    """Scores a trained checkpoint on held-out splits (the final report's test sets, the robustness check).
+
+    Args:
+        task: The loaded task.
+        design: The checkpoint's design.
+        hparams: The trial's training overrides (LoRA rank must match the checkpoint).
+        checkpoint: A ``report-XXXX`` folder written by :func:`fit`.
+        splits: Which splits to score.
+        threads: torch CPU threads.
+        decodings: How to decode; one score dict is returned per decoding (default: greedy only).
+        instruction: An instruction paraphrase to render the prompts with.
+        outputs: Filled with each split's generations (of the last decoding).
 
     Returns:
-        ``score``/``format_error_rate``/... for ``test_id`` and the same with ``_ood`` for ``test_ood``.
+        Per decoding: ``score``/``format_error_rate``/... for ``test_id`` and the same with ``_ood`` for
+        ``test_ood``.
     """
     hp = resolve_hparams(task, hparams)
     torch.set_num_threads(threads or hp.threads or 1)
@@ -490,7 +553,8 @@ def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] |
         state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
         max_new = max_new_tokens(task, design, hp, tokenizer)
-        return score_splits(task, design, hp, model, tokenizer, device, max_new, splits, None)
+        return [score_splits(task, design, hp, model, tokenizer, device, max_new, splits, None, decoding=d,
+                             instruction=instruction, outputs=outputs) for d in decodings]
     finally:
         del model
         gc.collect()

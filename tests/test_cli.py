@@ -36,7 +36,7 @@ def test_check_on_each_example(path: Path, capsys: pytest.CaptureFixture[str]) -
         assert "-- round trip: ok;" in text, (name, text)
     assert "== paper_baseline: last/exclude/natural/placeholder/text/none" in out
     assert "== es_sde: first/exclude/lines/placeholder/text/none" in out
-    assert re.search(r"^space quick\.yaml: 12 designs; budget \d+ trials", out, flags=re.MULTILINE)
+    assert re.search(r"^space quick\.yaml: 24 designs; budget \d+ trials", out, flags=re.MULTILINE)
 
 
 def test_check_shows_an_extra_design(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,41 @@
+"""``sde-search export``: a chosen design as YAML plus the task's data rendered in it, for any trainer.
+
+Each JSONL line carries ``prompt`` and ``target`` (train on ``prompt + target``), ``loss_start``
+(the character offset where the loss begins: 0 when the design also trains on the prompt, else
+``len(prompt)``) and the record's ``id``. Pure core: no torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from sde_search.config import Task
+from sde_search.design import Design
+from sde_search.render import render
+
+SPLITS = {"train": "train.jsonl", "eval_id": "dev.jsonl", "eval_ood": "dev_ood.jsonl", "test_id": "test.jsonl",
+          "test_ood": "test_ood.jsonl"}
+
+
+def export(task: Task, design: Design, out: Path, train: dict | None = None) -> dict[str, int]:
+    """Writes ``design.yaml`` and one rendered JSONL per split present; returns lines written per file."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"design": {k.removeprefix("design."): v for k, v in design.to_params().items()},
+            "task": task.config.name, "train": dict(train or {})}
+    (out / "design.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    counts = {}
+    for split, name in SPLITS.items():
+        if split not in task.splits:
+            continue
+        ood = split.endswith("_ood")
+        with open(out / name, "w", encoding="utf-8") as f:
+            for record in task.splits[split]:
+                s = render(record, design, task, ood=ood)
+                loss_start = 0 if design.prompt_loss == "include" else len(s.prompt)
+                f.write(json.dumps({"id": record.id, "prompt": s.prompt, "target": s.target,
+                                    "loss_start": loss_start}, ensure_ascii=False) + "\n")
+        counts[name] = len(task.splits[split])
+    return counts
