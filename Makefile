@@ -21,8 +21,8 @@ check: install
 	$(VENV)/bin/sde-search --task examples/demo_masa.yaml --check
 
 lint: install
-	$(VENV)/bin/ruff check sde_search tests
+	$(VENV)/bin/ruff check sde_search tests bench
 
 test: install  ## install, then lint and run every test (slow ones included)
-	$(VENV)/bin/ruff check sde_search tests
+	$(VENV)/bin/ruff check sde_search tests bench
 	$(PY) -m pytest -q -p no:cacheprovider

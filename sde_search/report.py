@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -100,15 +101,21 @@ def test_scores(task: Task, rows: Sequence[TrialRow], winner: TrialRow | None, r
             continue
         row = winner if name == "winner" else _find(rows, design)
         hparams = row.hparams if row else {}
-        if row and row.checkpoint:
-            ckpt, how = row.checkpoint, f"trial {row.trial_id}"
-        else:
-            print(f"retraining {name} ({design.short()}) at full budget for the test comparison", flush=True)
-            tmp = tempfile.mkdtemp(prefix="sde-final-")
-            train.fit(task, design, hparams, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
-            ckpt, how = str(sorted(Path(tmp).glob("report-*"))[-1]), "retrained"
-        generations: dict[str, list[str]] = {}
-        scores = train.evaluate_checkpoint(task, design, hparams, ckpt, threads=threads, outputs=generations)[0]
+        try:
+            if row and row.checkpoint:
+                ckpt, how = row.checkpoint, f"trial {row.trial_id}"
+            else:
+                print(f"retraining {name} ({design.short()}) at full budget for the test comparison", flush=True)
+                tmp = tempfile.mkdtemp(prefix="sde-final-")
+                train.fit(task, design, hparams, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
+                ckpt, how = str(sorted(Path(tmp).glob("report-*"))[-1]), "retrained"
+            generations: dict[str, list[str]] = {}
+            scores = train.evaluate_checkpoint(task, design, hparams, ckpt, threads=threads, outputs=generations)[0]
+        except Exception as exc:  # noqa: BLE001 - one failed comparison must not lose the search's report
+            print(f"warning: test scoring of {name} failed: {exc}", file=sys.stderr, flush=True)
+            out[name] = {"design": design.to_params(), "hparams": hparams, "scores": {},
+                         "source": f"failed: {str(exc)[:200]}"}
+            continue
         for split, texts in generations.items():
             save_outputs(run_dir / "outputs" / f"{name}.{split}.jsonl", task, design, split, texts)
         out[name] = {"design": design.to_params(), "hparams": hparams, "scores": scores, "source": how}

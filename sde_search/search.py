@@ -39,6 +39,7 @@ import ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
+from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
@@ -396,7 +397,8 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
     fn = tune.with_resources(tune.with_parameters(trainable, task=task, fixed=fixed, threads=threads,
                                                              metric=metric),
                              {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
-    callbacks = [MLflowLoggerCallback(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
+    callbacks = [JsonLoggerCallback(),  # result.json per trial: the report's histories (other loggers stay off)
+                 MLflowLoggerCallback(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
                                       tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
                  Progress(space.budget.num_samples, metric)]
     experiment_dir = run_dir / "tune"

@@ -292,11 +292,19 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
 # ---------------------------------------------------------------- the trial
 
 
-def _fault(report_index: int) -> str | None:
-    """The fault injected at this report by ``SDE_FAULT`` (tests only), if any."""
-    spec = os.environ.get(FAULT_ENV, "")
-    kind, _, at = spec.partition("@")
-    return kind if spec and at.isdigit() and int(at) == report_index else None
+def _fault(report_index: int, design: Design) -> str | None:
+    """The fault injected at this report by ``SDE_FAULT`` (tests only), if any.
+
+    ``SDE_FAULT`` holds comma-separated ``kind@report[:dimension=value]`` clauses, ``kind`` one of
+    ``raise``, ``nan``, ``oom``; with a ``dimension=value`` filter only matching designs fail.
+    """
+    for clause in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        head, _, only = clause.partition(":")
+        kind, _, at = head.partition("@")
+        dim, _, value = only.partition("=")
+        if at.isdigit() and int(at) == report_index and (not only or str(getattr(design, dim, None)) == value):
+            return kind
+    return None
 
 
 def resolve_hparams(task: Task, overrides: Mapping[str, Any] | None) -> TrainConfig:
@@ -381,13 +389,14 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
         if step not in report_steps:
             continue
         k = report_steps.index(step) + 1
-        if _fault(k) == "nan":
+        fault = _fault(k, design)
+        if fault == "nan":
             losses[-1] = float("nan")
         if not math.isfinite(losses[-1]):
             raise TrialError(f"training loss became {losses[-1]} at step {step} (lr {hp.lr}); lower train.lr")
-        if _fault(k) == "raise":
+        if fault == "raise":
             raise TrialError(f"injected fault at report {k} ({FAULT_ENV})")
-        if _fault(k) == "oom":
+        if fault == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at report {k} ({FAULT_ENV})")
         final = step == total_steps
         t1 = time.perf_counter()

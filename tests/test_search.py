@@ -1,5 +1,6 @@
 """Integration: a small real search (Ray Tune + OptunaSearch + ASHA + MLflow), then a SIGKILL and --resume."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -9,23 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import search_cmd, search_env
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "data.max_test=16",
-         "--set", "train.epochs=3", "--set", "train.reports_per_epoch=2", "--set", "train.report_eval_size=16",
-         "--set", "space.budget.num_samples=6", "--set", "space.sampler.n_startup_trials=2",
-         "--set", "space.asha.grace_period=1", "--set", "space.asha.reduction_factor=2"]
 
 pytestmark = pytest.mark.slow
 
 
 def _cmd(runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"),
-            "--runs-dir", str(runs), *SMALL, *extra]
+    return search_cmd(runs, *extra)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "SDE_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    return search_env(tmp_path)
 
 
 def _mlflow_runs(runs: Path, parent_name: str):
@@ -34,7 +31,8 @@ def _mlflow_runs(runs: Path, parent_name: str):
     client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
     exp = client.get_experiment_by_name("demo_masa")
     parent = client.search_runs([exp.experiment_id], f"attributes.run_name = '{parent_name}'")[0]
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                  "and tags.`sde.kind` = 'trial'")
     return client, parent, children
 
 
@@ -60,17 +58,16 @@ def _check_invariants(runs: Path, name: str, n_trials: int):
     return children
 
 
-def test_search_end_to_end(tmp_path):
-    runs = tmp_path / "runs"
-    proc = subprocess.run(_cmd(runs, "--name", "it"), cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_search_end_to_end(small_search):
+    runs, proc = small_search
     assert "Leaderboard" in proc.stdout and "Held-out test sets" in proc.stdout
     children = _check_invariants(runs, "it", 6)
     budgets = [c.data.tags["budget"] for c in children]
     assert "stopped" in budgets, budgets  # ASHA stopped at least one trial early
     stopped = [c for c in children if c.data.tags["budget"] == "stopped"]
     assert all(c.data.metrics["progress"] < 1 for c in stopped)
+    designs = [c.data.tags["design"] for c in children]
+    assert len(set(designs)) == len(designs), designs  # DistinctSampler: no design trained twice
 
 
 def test_sigkill_then_resume(tmp_path):
@@ -137,3 +134,24 @@ def test_joins_an_existing_cluster_with_address(tmp_path):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_failing_trials_never_take_the_search_down(tmp_path):
+    """Injected faults (exception, NaN loss, out of memory) fail their trials; the search completes."""
+    runs = tmp_path / "runs"
+    env = {**_env(tmp_path), "SDE_FAULT": "raise@1:output_format=json,nan@1:label_style=number,"
+                                          "oom@1:unmentioned=omit"}
+    proc = subprocess.run(_cmd(runs, "--name", "faults"), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (runs / "faults" / "report.md").read_text()
+    assert "## Failed trials" in report
+    client, parent, children = _mlflow_runs(runs, "faults")
+    assert parent.info.status == "FINISHED"
+    failed = [c for c in children if c.data.tags.get("budget") == "failed"]
+    assert len(failed) >= 2, [c.data.tags.get("design") for c in children]
+    assert all(c.info.status == "FAILED" and c.data.tags.get("error") for c in failed)
+    errors = " ".join(c.data.tags["error"] for c in failed)
+    assert any(word in errors for word in ("injected fault", "loss became nan", "out-of-memory")), errors
+    assert len(children) == 6 and all(c.info.status != "RUNNING" for c in children)
+    assert "winner" in json.loads((runs / "faults" / "tests.json").read_text())

@@ -1,0 +1,38 @@
+"""Shared fixtures: one small real search, run once per session and used by the search and report tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "data.max_test=16",
+         "--set", "train.epochs=3", "--set", "train.reports_per_epoch=2", "--set", "train.report_eval_size=16",
+         "--set", "space.budget.num_samples=6", "--set", "space.sampler.n_startup_trials=2",
+         "--set", "space.asha.grace_period=1", "--set", "space.asha.reduction_factor=2"]
+
+
+def search_cmd(runs: Path, *extra: str) -> list[str]:
+    """``sde-search`` on the demo MASA task with a small budget (6 trials, 3 epochs, 200 records)."""
+    return [sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"),
+            "--runs-dir", str(runs), *SMALL, *extra]
+
+
+def search_env(folder: Path) -> dict[str, str]:
+    """The environment of a test search: its own cache folder, unbuffered output."""
+    return {**os.environ, "SDE_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def small_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A finished 6-trial search named ``it``: (runs folder, the finished process)."""
+    folder = tmp_path_factory.mktemp("search")
+    runs = folder / "runs"
+    proc = subprocess.run(search_cmd(runs, "--name", "it"), cwd=folder, env=search_env(folder),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return runs, proc

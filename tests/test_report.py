@@ -1,0 +1,135 @@
+"""From a finished search to a decision: report, export, robust, warm start, train --full, the notebook.
+
+All run against the session's small real search (``small_search`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, search_cmd, search_env
+
+pytestmark = pytest.mark.slow
+
+
+def _sde(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sde_search.cli", *args], cwd=cwd, env=search_env(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _parent(runs: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("demo_masa")
+    return client, exp, client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")[0]
+
+
+def test_report_files_sections_and_mlflow_artifacts(small_search):
+    runs, _ = small_search
+    run = runs / "it"
+    text = (run / "report.md").read_text()
+    for section in ("## Cost of the search", "## Leaderboard (full budget", "## Stopped early by ASHA",
+                    "## Held-out test sets", "## ID / OOD Pareto front", "## Per-option effects", "## Figures",
+                    "## Cost per design", "paired bootstrap", "exhaustive grid", "fixed answer"):
+        assert section in text, section
+    for png in ("leaderboard.png", "curves.png", "pareto.png", "effects.png"):
+        assert (run / "plots" / png).stat().st_size > 1000, png
+    assert list((run / "plots").glob("optuna_*.html"))
+    rows = json.loads((run / "trials.json").read_text())
+    assert len(rows) == 6 and all(r["history"] for r in rows)
+    client, _, parent = _parent(runs, "it")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.md", "best_design.yaml", "trials.csv", "plots"} <= artifacts
+    assert "best_score" in parent.data.metrics and "ray_init_s" in parent.data.metrics
+
+
+def test_report_command_rebuilds_the_same_report(small_search):
+    runs, _ = small_search
+    before = (runs / "it" / "report.md").read_text()
+    proc = _sde("report", "it", "--runs-dir", str(runs), cwd=runs.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (runs / "it" / "report.md").read_text() == before
+    assert "## Leaderboard" in proc.stdout
+
+
+def test_report_of_a_missing_run_is_a_clear_error(small_search):
+    runs, _ = small_search
+    proc = _sde("report", "nope", "--runs-dir", str(runs), cwd=runs.parent)
+    assert proc.returncode == 2 and "nope: no search run there" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_writes_design_and_rendered_sets(small_search, tmp_path):
+    runs, _ = small_search
+    proc = _sde("export", "it", "--runs-dir", str(runs), "--out", str(tmp_path / "exp"), cwd=runs.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best = (runs / "it" / "best_design.yaml").read_text()
+    design = (tmp_path / "exp" / "design.yaml").read_text()
+    assert best.split("train:")[0].strip() in design  # the winner's design block
+    lines = (tmp_path / "exp" / "train.jsonl").read_text().splitlines()
+    all_train = (ROOT / "examples/data/masa/train.jsonl").read_text().splitlines()
+    assert len(lines) == len(all_train)  # every record, not the search's max_train
+    first = json.loads(lines[0])
+    assert first["loss_start"] in (0, len(first["prompt"])) and first["target"]
+    assert (tmp_path / "exp" / "dev.jsonl").exists()
+
+
+def test_train_full_saves_an_adapter(tmp_path):
+    design = tmp_path / "d.yaml"
+    design.write_text("design: {instruction: first, output_format: lines}\n")
+    proc = _sde("train", "--task", str(ROOT / "examples/demo_masa.yaml"), "--design", str(design), "--full",
+                "--set", "train.epochs=1", "--set", "train.reports_per_epoch=1", "--out", str(tmp_path / "final"),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").exists()
+    assert "records" in proc.stdout and "adapter saved" in proc.stdout
+
+
+def test_robust_logs_a_table_and_nested_runs(small_search):
+    runs, _ = small_search
+    proc = _sde("robust", "it", "--runs-dir", str(runs), "--top", "2", "--no-retrain", cwd=runs.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (runs / "it" / "robust.md").read_text()
+    assert table.count("\n| ") >= 2 and "sampling (5 seeds)" in table
+    results = json.loads((runs / "it" / "robust.json").read_text())
+    assert len(results) == 2 and all(r["paraphrases"] == 2 for r in results)
+    client, exp, parent = _parent(runs, "it")
+    robust = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                "and tags.`sde.kind` = 'robust'")
+    assert len(robust) == 2 and all("sampling_mean" in r.data.metrics for r in robust)
+
+
+def test_warm_start_enqueues_the_earlier_winner(small_search):
+    runs, _ = small_search
+    best = json.loads(json.dumps(__import__("yaml").safe_load((runs / "it" / "best_design.yaml").read_text())))
+    cmd = [a.replace("num_samples=6", "num_samples=3") for a in search_cmd(runs, "--name", "warm")]
+    cmd += ["--set", "space.asha.enabled=false", "--set", "train.epochs=1", "--warm-start", "it"]
+    proc = subprocess.run(cmd, cwd=runs.parent, env=search_env(runs.parent), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "warm start:" in proc.stdout
+    rows = json.loads((runs / "warm" / "trials.json").read_text())
+    tried = [{k.removeprefix("design."): v for k, v in r["design"].items()} for r in rows]
+    assert best["design"] in tried
+
+
+def test_notebook_runs_headless_on_the_search(small_search):
+    import nbclient
+    import nbformat
+
+    runs, _ = small_search
+    nb = nbformat.read(ROOT / "notebooks" / "analyse_search.ipynb", as_version=4)
+    import os
+
+    os.environ["SDE_RUN_DIR"] = str(runs / "it")
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["SDE_RUN_DIR"]
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "nested runs under the parent run" in text and "Traceback" not in text
