@@ -378,15 +378,25 @@ def write_tables(run_dir: Path, rows: Sequence[TrialRow], winner: TrialRow | Non
 # ---------------------------------------------------------------- end of a search
 
 
+def _tracked(what: str, fn: Any, *args: Any) -> Any:
+    """Runs one MLflow step; when the store is unreachable, says so and goes on (the run folder has it all)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the local report must still be written
+        print(f"warning: MLflow step failed ({what}): {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr,
+              flush=True)
+        return None
+
+
 def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metric: str, wall_s: float,
            ray_init_s: float = math.nan) -> int:
     """Collects results, scores test sets, writes the report, logs it to MLflow and closes the parent run."""
     run_dir = Path(info.run_dir)
     rows = collect(results, optuna_space(space)[1])
     winner = pick_winner(rows, metric)
-    tracking.merge_duplicate_runs(info)
-    tracking.close_stale_runs(info)
-    tracking.tag_runs(info, rows, winner)
+    _tracked("merging resumed trial runs", tracking.merge_duplicate_runs, info)
+    _tracked("closing stale runs", tracking.close_stale_runs, info)
+    _tracked("tagging trial runs", tracking.tag_runs, info, rows, winner)
     analysis.save_rows(run_dir / "trials.json", rows)
     tests = test_scores(task, rows, winner, run_dir, threads=max(1, int(space.resources.cpu)))
     (run_dir / "tests.json").write_text(json.dumps(tests, indent=1))
@@ -403,9 +413,9 @@ def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metri
         final["best_score"] = winner.value(metric)
     for name, t in tests.items():
         final.update({f"test_{name}_{k}": v for k, v in t["scores"].items() if k in ("score", "score_ood")})
-    tracking.log_to_parent(info, [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv",
-                                                        "trials.json", "plots")], final)
-    tracking.close_parent(info)
+    _tracked("attaching the report", tracking.log_to_parent, info,
+             [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv", "trials.json", "plots")], final)
+    _tracked("closing the parent run", tracking.close_parent, info)
     print("\n" + text)
     print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: mlflow ui --backend-store-uri {info.tracking_uri} "
           f"--host 127.0.0.1   (or: sde-search ui --runs-dir {run_dir.parent})")

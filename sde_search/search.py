@@ -10,6 +10,8 @@ trial (``MLflowLoggerCallback`` tagged with ``mlflow.parentRunId``).
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +32,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server costs seconds, not minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
@@ -48,7 +52,7 @@ from sde_search import tracking  # noqa: E402
 from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
 
 OBJECTIVE_METRIC = {"id": "score", "ood": "score_ood", "mean": "score_mean", "pareto": "score"}
-WORKER_ENV = ("SDE_FAULT", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
+WORKER_ENV = ("SDE_FAULT", "SDE_FAULT_MARK", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,51 @@ class Progress(tune.Callback):
         self._line(f"FAIL  {trial.trial_id}: see {trial.error_file or 'ray.log'}")
 
 
+class TrialTracker(MLflowLoggerCallback):
+    """``MLflowLoggerCallback`` that outlives its tracking server: failed calls queue up and are retried in order.
+
+    Trials never wait for MLflow; while the server is away their results stay in Tune's ``result.json``
+    and in this queue, and the terminal says so once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """Same arguments as ``MLflowLoggerCallback``."""
+        super().__init__(*args, **kwargs)
+        self.queue: collections.deque[tuple[str, tuple]] = collections.deque()
+        self.failing = False
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.queue.append((name, args))
+        while self.queue:
+            method, margs = self.queue[0]
+            try:
+                getattr(super(), method)(*margs)
+            except Exception as exc:  # noqa: BLE001 - any tracking error: keep the call for later
+                if not self.failing:
+                    print(f"warning: MLflow unreachable ({type(exc).__name__}); trials go on, their results are "
+                          "kept and sent when it is back", file=sys.stderr, flush=True)
+                self.failing = True
+                return
+            self.queue.popleft()
+        if self.failing:
+            print("MLflow reachable again: buffered results sent", file=sys.stderr, flush=True)
+            self.failing = False
+
+    def log_trial_start(self, trial: Any) -> None:  # noqa: D102
+        self._call("log_trial_start", trial)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
+        self._call("log_trial_result", iteration, trial, dict(result))
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
+        self._call("log_trial_end", trial, failed)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:  # noqa: D102
+        if self.queue:
+            print(f"warning: {len(self.queue)} tracking calls never reached MLflow (the server stayed away); "
+                  "the run folder's trials.json and report.md have every result", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------- run set-up
 
 
@@ -338,6 +387,8 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
     warm = warm_designs(runs_dir, args.warm_start) if getattr(args, "warm_start", None) else []
     if warm:
         print("warm start: " + ", ".join(d.short() for d in warm), flush=True)
+    if info is not None:
+        _stop_leftover_ray(run_dir)
     ray_init_s = _start_ray(args.address, space)
     try:
         if info is not None:  # resuming
@@ -348,6 +399,8 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
             info = RunInfo(parent_run_id=parent, **info_kw)
             info.save()
         _ray_log_to(logging.FileHandler(run_dir / "ray.log"))
+        if not args.address:
+            _record_ray_processes(run_dir)
         return execute(task, space, info, ray_init_s=ray_init_s, warm=warm)
     except BaseException as exc:  # the parent run must not stay RUNNING; --resume reopens it
         if info is not None:
@@ -355,6 +408,40 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
         raise
     finally:
         ray.shutdown()
+
+
+def _record_ray_processes(run_dir: Path) -> None:
+    """Writes the PIDs of the Ray processes this driver started (PITFALLS 2), for a later --resume to stop."""
+    import psutil
+
+    procs = [{"pid": p.pid, "created": p.create_time(), "name": p.name()}
+             for p in psutil.Process().children(recursive=True)]
+    (run_dir / "ray_processes.json").write_text(json.dumps(procs, indent=1))
+
+
+def _stop_leftover_ray(run_dir: Path) -> int:
+    """Kills the Ray processes a SIGKILLed driver of this run left (by recorded PID and start time only)."""
+    import psutil
+
+    path = run_dir / "ray_processes.json"
+    if not path.exists():
+        return 0
+    alive = []
+    for entry in json.loads(path.read_text()):
+        try:
+            proc = psutil.Process(entry["pid"])
+            if abs(proc.create_time() - entry["created"]) < 0.01:  # the same process, not a reused PID
+                alive += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    if alive:
+        print(f"stopped {len(alive)} Ray processes left by the interrupted driver", flush=True)
+    path.unlink()
+    return len(alive)
 
 
 def _mark_parent(info: RunInfo, status: str, why: str) -> None:
@@ -398,7 +485,7 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
                                                              metric=metric),
                              {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [JsonLoggerCallback(),  # result.json per trial: the report's histories (other loggers stay off)
-                 MLflowLoggerCallback(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
+                 TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
                                       tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
                  Progress(space.budget.num_samples, metric)]
     experiment_dir = run_dir / "tune"
@@ -417,6 +504,12 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
         results = tuner.fit()
     finally:
         ray.shutdown()
+    finished = results.num_terminated + results.num_errors
+    if finished < space.budget.num_samples:  # Ctrl-C: Tune saved its state and returned early
+        print(f"\ninterrupted after {finished} of {space.budget.num_samples} trials; everything is saved. "
+              f"Continue with: sde-search --task {task.path} --resume {info.name}"
+              + (f" --runs-dir {run_dir.parent}" if run_dir.parent.name != "runs" else ""), flush=True)
+        raise KeyboardInterrupt
     wall = time.time() - t0 + ray_init_s
     return reporting.finish(task, space, info, results, metric=metric, wall_s=wall, ray_init_s=ray_init_s)
 

@@ -33,7 +33,8 @@ from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
 
 Report = Callable[[dict[str, float], "str | None"], None]
-FAULT_ENV = "SDE_FAULT"  # tests inject faults: "raise@2", "nan@2", "oom@2" (at that report)
+FAULT_ENV = "SDE_FAULT"  # tests inject faults: "raise@2", "nan@2", "oom@2", "hang_eval@2", "hang_ckpt@2"
+FAULT_MARK_ENV = "SDE_FAULT_MARK"  # a file the hang faults create when they start hanging
 TOKENIZER_DESIGNS = (  # between them, every value of every dimension (so all designs share one tokenizer)
     ES_SDE,
     Design(instruction="last", output_format="natural", unmentioned="omit", label_style="number", reasoning="cot"),
@@ -307,6 +308,14 @@ def _fault(report_index: int, design: Design) -> str | None:
     return None
 
 
+def _hang(seconds: float = 300) -> None:
+    """Test hook: marks that it started (``SDE_FAULT_MARK``), then sleeps until the test kills the search."""
+    mark = os.environ.get(FAULT_MARK_ENV)
+    if mark:
+        Path(mark).touch()
+    time.sleep(seconds)
+
+
 def resolve_hparams(task: Task, overrides: Mapping[str, Any] | None) -> TrainConfig:
     """The task's ``train:`` block with searched/fixed values applied (validated by pydantic)."""
     merged = {**task.config.train.model_dump(), **dict(overrides or {})}
@@ -398,6 +407,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             raise TrialError(f"injected fault at report {k} ({FAULT_ENV})")
         if fault == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at report {k} ({FAULT_ENV})")
+        if fault == "hang_eval":
+            _hang()  # a test kills the driver now, "during evaluation"
         final = step == total_steps
         t1 = time.perf_counter()
         last = _evaluate(task, design, hp, model, tokenizer, device, max_new, final)
@@ -409,6 +420,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
         })
         losses = []
         path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens)
+        if fault == "hang_ckpt":
+            _hang()  # written but not yet handed to Tune: a test kills the driver "while a checkpoint is written"
         report(last, path)
     return last
 

@@ -22,9 +22,12 @@ def search_cmd(runs: Path, *extra: str) -> list[str]:
             "--runs-dir", str(runs), *SMALL, *extra]
 
 
+SECRETS = {"HF_TOKEN": "hf_sdeTestSecret0001", "MLFLOW_TRACKING_PASSWORD": "sdeTestSecret0002"}
+
+
 def search_env(folder: Path) -> dict[str, str]:
-    """The environment of a test search: its own cache folder, unbuffered output."""
-    return {**os.environ, "SDE_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1"}
+    """The environment of a test search: its own cache folder, unbuffered output, fake credentials to leak-test."""
+    return {**os.environ, "SDE_CACHE": str(folder / "cache"), "PYTHONUNBUFFERED": "1", **SECRETS}
 
 
 @pytest.fixture(scope="session")

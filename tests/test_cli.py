@@ -99,3 +99,17 @@ def test_console_entry_point_check() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("-- round trip: ok;") == 2
+
+
+def test_unreachable_tracking_server_fails_before_anything(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"),
+                           "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", f"http://127.0.0.1:{port}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--tracking-uri http://127.0.0.1:{port}: MLflow server not reachable" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()

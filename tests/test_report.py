@@ -133,3 +133,17 @@ def test_notebook_runs_headless_on_the_search(small_search):
         del os.environ["SDE_RUN_DIR"]
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "nested runs under the parent run" in text and "Traceback" not in text
+
+
+def test_credentials_never_reach_output_or_mlflow(small_search):
+    """The search ran with a fake HF token and tracking password in its environment: neither may leak."""
+    from conftest import SECRETS
+
+    runs, proc = small_search
+    client, exp, parent = _parent(runs, "it")
+    runs_ = client.search_runs([exp.experiment_id], "", max_results=500)
+    texts = [proc.stdout, proc.stderr, *(json.dumps([r.data.params, r.data.tags]) for r in runs_)]
+    texts += [p.read_text(errors="replace") for p in (runs / "it").glob("*") if p.is_file() and p.suffix in
+              (".md", ".json", ".yaml", ".csv", ".log")]
+    for secret in SECRETS.values():
+        assert not any(secret in t for t in texts)

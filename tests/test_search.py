@@ -1,5 +1,6 @@
 """Integration: a small real search (Ray Tune + OptunaSearch + ASHA + MLflow), then a SIGKILL and --resume."""
 
+import contextlib
 import json
 import os
 import signal
@@ -70,24 +71,44 @@ def test_search_end_to_end(small_search):
     assert len(set(designs)) == len(designs), designs  # DistinctSampler: no design trained twice
 
 
-def test_sigkill_then_resume(tmp_path):
-    runs = tmp_path / "runs"
-    env = _env(tmp_path)
-    proc = subprocess.Popen(_cmd(runs, "--name", "killed"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait until a trial has finished and others are running
-        if "done " in line or "stop " in line or time.time() > deadline:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    proc.wait(timeout=30)
+KILLS = [("SIGINT", "hang_eval"), ("SIGKILL", "hang_eval"), ("SIGKILL", "hang_ckpt")]
+
+
+@pytest.mark.parametrize(("sig", "moment"), KILLS, ids=[f"{s}-{m}" for s, m in KILLS])
+def test_killed_driver_then_resume(tmp_path, sig, moment):
+    """The driver alone gets SIGINT / SIGKILL while a trial evaluates or writes a checkpoint; --resume finishes.
+
+    SIGKILL leaves Ray's own processes alive (PITFALLS 2): the resume must stop them, found through the PIDs
+    this run recorded, and the search must end with every invariant.
+    """
+    runs, mark = tmp_path / "runs", tmp_path / "hanging"
+    small = ["--set", "space.budget.num_samples=4", "--set", "train.epochs=2"]
+    env = {**_env(tmp_path), "SDE_FAULT": f"{moment}@2:instruction=first", "SDE_FAULT_MARK": str(mark)}
+    proc = subprocess.Popen(_cmd(runs, "--name", "killed", *small), cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+    while not mark.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert mark.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else "the fault never fired"
+    ray_pids = json.loads((runs / "killed" / "ray_processes.json").read_text())
+    os.kill(proc.pid, getattr(signal, sig))  # the driver only, as a user's kill or Ctrl-C would
+    out = proc.communicate(timeout=120)[0]
+    if sig == "SIGINT":
+        assert proc.returncode == 130, out[-3000:]
+        assert "interrupted after" in out and "--resume killed" in out
     _, parent, _ = _mlflow_runs(runs, "killed")
-    assert parent.info.status == "RUNNING"
-    resumed = subprocess.run(_cmd(runs, "--resume", "killed"), cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=900)
+    assert parent.info.status != "FINISHED"
+    resumed = subprocess.run(_cmd(runs, "--resume", "killed", *small), cwd=tmp_path, env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming killed" in resumed.stdout
-    _check_invariants(runs, "killed", 6)
+    if sig == "SIGKILL":
+        assert "Ray processes left by the interrupted driver" in resumed.stdout
+    import psutil
+
+    assert not [p["pid"] for p in ray_pids if psutil.pid_exists(p["pid"]) and
+                abs(psutil.Process(p["pid"]).create_time() - p["created"]) < 0.01]  # none of the old Ray left
+    _check_invariants(runs, "killed", 4)
 
 
 def _free_port() -> int:
@@ -155,3 +176,62 @@ def test_failing_trials_never_take_the_search_down(tmp_path):
     assert any(word in errors for word in ("injected fault", "loss became nan", "out-of-memory")), errors
     assert len(children) == 6 and all(c.info.status != "RUNNING" for c in children)
     assert "winner" in json.loads((runs / "faults" / "tests.json").read_text())
+
+
+def _listeners(root_pid: int) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of a process tree."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in procs:
+        try:
+            out += [(c.laddr.ip, c.laddr.port, p.name()) for c in p.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def test_tracking_server_goes_away_and_every_listener_is_loopback(tmp_path):
+    """An MLflow server dies mid-search: trials go on, the search completes with its local report.
+
+    While the search runs, every socket its processes (driver, Ray, workers) listen on is on 127.0.0.1.
+    """
+    port = _free_port()
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "server-artifacts")],
+                              env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        _wait_listening(port)
+        search = subprocess.Popen(_cmd(tmp_path / "runs", "--name", "away", "--tracking-uri",
+                                       f"http://127.0.0.1:{port}"),
+                                  cwd=tmp_path, env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        seen: list[tuple[str, int, str]] = []
+        lines = []
+        for line in search.stdout:
+            lines.append(line)
+            if "start " in line and not seen:
+                time.sleep(3)
+                seen = _listeners(search.pid)
+            if "done " in line or "stop " in line:
+                break
+        os.killpg(server.pid, signal.SIGKILL)  # the tracking server goes away mid-search
+        out = "".join(lines) + search.communicate(timeout=900)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+    assert search.returncode == 0, out[-3000:]
+    assert "MLflow unreachable" in out or "MLflow step failed" in out
+    assert (tmp_path / "runs" / "away" / "report.md").exists()
+    rows = json.loads((tmp_path / "runs" / "away" / "trials.json").read_text())
+    assert len(rows) == 6 and all(r["status"] in ("full", "stopped") for r in rows)  # no trial lost
+    assert seen, "no listening sockets found"
+    assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _, _ in seen), seen  # loopback only
