@@ -313,7 +313,7 @@ def generate_events(n: int, seed: int, *, prefix: str = "events") -> list[Record
 
 SPLITS = (  # task, split, size, seed; the "ood_*" MASA splits mention mostly the OOD aspects
     ("masa", "train", 400, 101), ("masa", "dev", 80, 102), ("masa", "test", 120, 103),
-    ("masa", "ood_dev", 80, 104), ("masa", "ood_test", 120, 105),
+    ("masa", "ood_dev", 80, 104), ("masa", "ood_test", 120, 105), ("masa", "ood_train", 400, 106),
     ("entities", "train", 300, 201), ("entities", "dev", 60, 202), ("entities", "test", 100, 203),
     ("events", "train", 300, 301), ("events", "dev", 60, 302), ("events", "test", 100, 303),
 )

@@ -1,0 +1,72 @@
+"""The pure analysis of a finished search (analysis.py) and the export of a design (export.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from sde_search import analysis, export
+from sde_search.analysis import TrialRow
+from sde_search.config import load_task
+from sde_search.design import ES_SDE, PAPER_BASELINE, Design, parse_design
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(tid: str, design: Design, score: float, ood: float = math.nan, status: str = "full") -> TrialRow:
+    return TrialRow(tid, design, {}, status, {"score": score, "score_ood": ood, "step": 10.0, "time_total_s": 5.0})
+
+
+ROWS = [_row("a", ES_SDE, 0.5, 0.1), _row("b", PAPER_BASELINE, 0.3, 0.4),
+        _row("c", parse_design("output_format=json"), 0.4, 0.05),
+        _row("d", parse_design("instruction=last,output_format=json"), 0.9, 0.0, status="stopped")]
+
+
+def test_rows_round_trip_through_json(tmp_path):
+    analysis.save_rows(tmp_path / "t.json", ROWS)
+    back = analysis.load_rows(tmp_path / "t.json")
+    assert [r.design for r in back] == [r.design for r in ROWS] and back[0].value("score") == 0.5
+
+
+def test_full_budget_ranking_ignores_stopped_trials():
+    assert [r.trial_id for r in analysis.full_budget(ROWS, "score")] == ["a", "c", "b"]
+
+
+def test_option_effects_average_full_budget_trials_per_value():
+    effects = {(e.dimension, e.value): e for e in analysis.option_effects(ROWS, "score")}
+    assert math.isclose(effects[("instruction", "first")].mean, 0.45) and effects[("instruction", "first")].n == 2
+    assert effects[("instruction", "last")].n == 1  # the stopped 'last' trial is not counted
+    assert ("unmentioned", "placeholder") not in effects  # a dimension that never varied is left out
+
+
+def test_pareto_front_keeps_only_non_dominated_designs():
+    front = analysis.pareto_front(ROWS)
+    assert [r.trial_id for r in front] == ["a", "b"]  # c is dominated by a
+
+
+def test_paired_bootstrap_separates_real_gaps_from_noise():
+    a = [1] * 80 + [0] * 20
+    same = analysis.paired_bootstrap(lambda idx: (sum(a[i] for i in idx) / len(idx),) * 2, 100)
+    assert same.delta == 0 and not same.significant
+    b = [1] * 40 + [0] * 60
+    gap = analysis.paired_bootstrap(lambda idx: (sum(a[i] for i in idx) / len(idx),
+                                                 sum(b[i] for i in idx) / len(idx)), 100)
+    assert math.isclose(gap.delta, 0.4) and gap.significant and gap.low < 0.4 < gap.high
+
+
+def test_search_cost_against_grid():
+    cost = analysis.search_cost(ROWS, steps_per_trial=10, space_size=24)
+    assert cost["steps"] == 40 and cost["steps_grid"] == 240 and cost["grid_seconds_estimate"] == 120
+
+
+def test_export_renders_every_split_with_the_loss_boundary(tmp_path):
+    task = load_task(ROOT / "examples" / "demo_masa.yaml")
+    counts = export.export(task, ES_SDE, tmp_path, {"lr": 0.003})
+    assert counts["train.jsonl"] == len(task.splits["train"]) and "dev_ood.jsonl" in counts
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert first["loss_start"] == len(first["prompt"])  # ES-SDE trains on the answer only
+    mi = export.export(task, parse_design("prompt_loss=include"), tmp_path / "mi")
+    assert json.loads((tmp_path / "mi" / "train.jsonl").read_text().splitlines()[0])["loss_start"] == 0
+    assert mi["train.jsonl"] == counts["train.jsonl"]
+    assert "lr: 0.003" in (tmp_path / "design.yaml").read_text()
