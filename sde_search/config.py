@@ -199,6 +199,7 @@ class BudgetConfig(_Strict):
 
     num_samples: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its last checkpoint.")
 
 
 class ResourcesConfig(_Strict):

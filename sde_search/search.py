@@ -535,7 +535,7 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
                                     max_concurrent_trials=space.budget.max_concurrent, reuse_actors=reuse),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=space.budget.max_failures)),
     )
 
 

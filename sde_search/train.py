@@ -36,7 +36,7 @@ from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
 
 Report = Callable[[dict[str, float], "str | None"], None]
-FAULT_ENV = "SDE_FAULT"  # tests inject faults: "raise@2", "nan@2", "oom@2", "hang_eval@2", "hang_ckpt@2"
+FAULT_ENV = "SDE_FAULT"  # tests inject: "raise@2", "raise_once@2", "nan@2", "oom@2", "hang_eval@2", "hang_ckpt@2"
 FAULT_MARK_ENV = "SDE_FAULT_MARK"  # a file the hang faults create when they start hanging
 TOKENIZER_DESIGNS = (  # between them, every value of every dimension (so all designs share one tokenizer)
     ES_SDE,
@@ -429,6 +429,15 @@ def _fault(report_index: int, design: Design) -> str | None:
     return None
 
 
+def _first_time() -> bool:
+    """Test hook: True the first time any trial asks (``SDE_FAULT_MARK``.once does not exist yet)."""
+    mark = Path(os.environ.get(FAULT_MARK_ENV, "sde-fault-mark") + ".once")
+    if mark.exists():
+        return False
+    mark.touch()
+    return True
+
+
 def _hang(seconds: float = 300) -> None:
     """Test hook: marks that it started (``SDE_FAULT_MARK``), then sleeps until the test kills the search."""
     mark = os.environ.get(FAULT_MARK_ENV)
@@ -524,6 +533,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             losses[-1] = float("nan")
         if not math.isfinite(losses[-1]):
             raise TrialError(f"training loss became {losses[-1]} at step {step} (lr {hp.lr}); lower train.lr")
+        if fault == "raise_once" and _first_time():
+            raise TrialError(f"injected fault at report {k}, once ({FAULT_ENV})")
         if fault == "raise":
             raise TrialError(f"injected fault at report {k} ({FAULT_ENV})")
         if fault == "oom":

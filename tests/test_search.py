@@ -161,9 +161,10 @@ def test_failing_trials_never_take_the_search_down(tmp_path):
     """Injected faults (exception, NaN loss, out of memory) fail their trials; the search completes."""
     runs = tmp_path / "runs"
     env = {**_env(tmp_path), "SDE_FAULT": "raise@1:output_format=json,nan@1:label_style=number,"
-                                          "oom@1:unmentioned=omit"}
-    proc = subprocess.run(_cmd(runs, "--name", "faults"), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
+                                          "oom@1:unmentioned=omit,raise_once@2:instruction=first",
+           "SDE_FAULT_MARK": str(tmp_path / "mark")}
+    proc = subprocess.run(_cmd(runs, "--name", "faults", "--set", "space.budget.max_failures=1"), cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (runs / "faults" / "report.md").read_text()
     assert "## Failed trials" in report
@@ -176,6 +177,9 @@ def test_failing_trials_never_take_the_search_down(tmp_path):
     assert any(word in errors for word in ("injected fault", "loss became nan", "out-of-memory")), errors
     assert len(children) == 6 and all(c.info.status != "RUNNING" for c in children)
     assert "winner" in json.loads((runs / "faults" / "tests.json").read_text())
+    assert (tmp_path / "mark.once").exists()  # ES-SDE failed once at report 2 ...
+    es_sde = [c for c in children if c.data.tags["design"] == "first/exclude/lines/placeholder/text/none"]
+    assert es_sde[0].data.tags["budget"] == "full"  # ... and max_failures=1 retried it from its checkpoint
 
 
 def _listeners(root_pid: int) -> list[tuple[str, int, str]]:
