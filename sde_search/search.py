@@ -117,7 +117,9 @@ def warm_designs(runs_dir: Path, runs: Sequence[str], top: int = 3) -> list[Desi
             raise ConfigError([f"--warm-start {run}: no finished search there (no trials.json in "
                                f"{runs_dir / run} or {run})"])
         summary = json.loads((folder / "summary.json").read_text())
-        best = [r.design for r in full_budget(load_rows(folder / "trials.json"), summary["metric"])]
+        ranked = full_budget(load_rows(folder / "trials.json"), summary["metric"])
+        ranked.sort(key=lambda r: r.trial_id != summary.get("winner"))  # the run's winner first, then by score
+        best = [r.design for r in ranked]
         designs += [d for d in dict.fromkeys(best) if d not in designs][:top]
     return designs
 
