@@ -226,6 +226,26 @@ class Progress(tune.Callback):
         self._line(f"FAIL  {trial.trial_id}: see {trial.error_file or 'ray.log'}")
 
 
+class FullBudgetOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna an ASHA-stopped trial was PRUNED, not COMPLETE with a partial score.
+
+    Ray marks PRUNED only when no value came back (PITFALLS 3), so TPE would otherwise rank a design stopped
+    at 2 of 12 reports as if that early score were final. Pruned trials keep their reported intermediate
+    values, which TPE uses to rank them among the poor ones.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:  # noqa: D102
+        stopped = result is not None and not error and result.get("progress", 1.0) < 1.0
+        if not stopped or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except Exception as exc:  # noqa: BLE001 - as Ray does: a bookkeeping error must not stop the search
+            logging.getLogger(__name__).warning("optuna: %s", exc)
+        self._completed_trials.add(trial_id)
+
+
 class TrialTracker(MLflowLoggerCallback):
     """``MLflowLoggerCallback`` that outlives its tracking server: failed calls queue up and are retried in order.
 
@@ -520,7 +540,7 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
                max_t: int, reuse: bool, callbacks: list, run_dir: Path, warm: Sequence[Design]) -> tune.Tuner:
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
     pareto = task.config.objective == "pareto"
-    search_alg = OptunaSearch(space=searched, metric=["score", "score_ood"] if pareto else metric,
+    search_alg = FullBudgetOptunaSearch(space=searched, metric=["score", "score_ood"] if pareto else metric,
                               mode=["max", "max"] if pareto else "max",
                               points_to_evaluate=baseline_points(space, searched, task, warm) or None,
                               sampler=make_sampler(space, searched), study_name=info.study_name, storage=storage)

@@ -69,6 +69,9 @@ def test_search_end_to_end(small_search):
     assert all(c.data.metrics["progress"] < 1 for c in stopped)
     designs = [c.data.tags["design"] for c in children]
     assert len(set(designs)) == len(designs), designs  # DistinctSampler: no design trained twice
+    with sqlite3.connect(runs / "it" / "optuna.db") as db:
+        pruned = db.execute("select count(*) from trials where state = 'PRUNED'").fetchone()[0]
+    assert pruned == len(stopped)  # Optuna sees ASHA-stopped trials as pruned, not as final scores
 
 
 KILLS = [("SIGINT", "hang_eval"), ("SIGKILL", "hang_eval"), ("SIGKILL", "hang_ckpt")]
