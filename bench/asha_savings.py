@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import machine, publish  # noqa: E402
+
 from sde_search.design import Design  # noqa: E402
 
 TASK = ROOT / "examples" / "demo_masa.yaml"
@@ -61,7 +61,7 @@ def main() -> None:
         regret = {"on": best - on["score"], "off": best - off["score"]}
     share = on["steps"] / off["steps"]
     lines = ["# ASHA savings", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs. `{SPACE.name}`, {args.trials} trials, 2 at once, "
+             f"Machine: {machine()}. `{SPACE.name}`, {args.trials} trials, 2 at once, "
              f"TPE seed 0, demo budget; regret against {source}.", "",
              "| run | train steps | wall min | stopped early | winner | winner's eval score | regret |",
              "|---|---|---|---|---|---|---|",
@@ -70,9 +70,7 @@ def main() -> None:
              f"Steps with ASHA / without: {share:.0%}; wall ratio {on['wall'] / off['wall']:.2f}.", "",
              f"- goal <= 50 % of the steps: **{'met' if share <= 0.5 else 'missed'}**",
              f"- goal <= 1 point regret: **{'met' if regret['on'] <= 0.01 else 'missed'}** ({regret['on']:.3f})", ""]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "results" / "asha_savings.md").write_text(text)
+    publish("asha_savings.md", lines)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ Goal (issue 9): --check wall <= 1.5 s. Prints the medians and their ratio; write
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_md import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +41,12 @@ def main() -> None:
     ratio = med["sde-search --check"] / med["python -c pass"]
     goal = "met" if med["sde-search --check"] <= 1.5 else "missed"
     lines = ["# `sde-search --check` latency", "",
-             f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}, "
-             f"{__import__('os').cpu_count()} CPUs; {args.repeat} alternating runs, medians.", "",
+             f"Machine: {machine()}; {args.repeat} alternating runs, medians.", "",
              "| command | median s | min s | max s |", "|---|---|---|---|",
              *[f"| `{k}` | {med[k]:.3f} | {min(v):.3f} | {max(v):.3f} |" for k, v in times.items()], "",
              f"Ratio --check / bare interpreter: {ratio:.1f}x. Goal <= 1.5 s wall: **{goal}** "
              f"({med['sde-search --check']:.2f} s).", ""]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "results" / "check_latency.md").write_text(text)
+    publish("check_latency.md", lines)
 
 
 if __name__ == "__main__":

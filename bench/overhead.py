@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_md import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "examples" / "demo_masa.yaml"
@@ -87,7 +88,7 @@ def main() -> None:
     share = max(0.0, 1 - c_inside / (2 * c_wall))
     goals = {"(c)/(a) <= 0.65": c_wall / a_wall <= 0.65, "orchestration share of (c) < 5 %": share < 0.05}
     lines = ["# Orchestration overhead", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+             f"Machine: {machine()}. "
              f"12 designs (quick.yaml with text labels), {args.max_train} train records, {args.epochs} epochs, "
              f"ASHA off, 1 torch thread per trial; total bench time {(time.time() - t0) / 60:.1f} min.", "",
              "| way | wall s | seconds inside fit / trials | ratio to (a) |", "|---|---|---|---|",
@@ -96,9 +97,7 @@ def main() -> None:
              f"| (c) sde-search, 2 at once | {c_wall:.1f} | {c_inside:.1f} | {c_wall / a_wall:.2f} |", "",
              f"Orchestration share of (c) (trial slots not spent inside trials): {share:.1%}.", "",
              *[f"- goal {k}: **{'met' if v else 'missed'}**" for k, v in goals.items()], ""]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "results" / "overhead.md").write_text(text)
+    publish("overhead.md", lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import machine, publish  # noqa: E402
+
 from sde_search.config import load_space  # noqa: E402
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design  # noqa: E402
 from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
         return 1 + sum(v > value for v in ranked)
 
     lines = ["# Search quality: TPE vs random on a stored grid", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs. Grid: all {len(scores)} designs of "
+             f"Machine: {machine()}. Grid: all {len(scores)} designs of "
              f"`{space_path.name}` on `{TASK.name}` (tiny model, demo budget), best score {best:.3f}; top 5 % = "
              f"rank <= {top5}. Replays: {len(SEEDS)} seeds per sampler and budget, ES-SDE and the baseline first, "
              "no ASHA in the replay.", "",
@@ -116,9 +117,7 @@ def main() -> None:
               f"**{'met' if goal_a else 'missed'}** (ranks {tpe24})",
               f"- goal: TPE at least as good as random on the median regret at every budget: "
               f"**{'met' if goal_b else 'missed'}**", ""]
-    text = "\n".join(lines)
-    print(text)
-    (ROOT / "bench" / "results" / "search_quality.md").write_text(text)
+    publish("search_quality.md", lines)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from results_md import machine, publish  # noqa: E402
+
 from sde_search.design import Design  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     warm = search(runs, "demo_masa_ood.yaml", "warm", args.trials, "--warm-start", source)
     curves = {"cold": best_so_far(cold), "warm": best_so_far(warm)}
     lines = ["# Warm start: demo_masa -> demo_masa_ood (the other 4 aspects)", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs. quick.yaml (24 designs), {args.trials} trials "
+             f"Machine: {machine()}. quick.yaml (24 designs), {args.trials} trials "
              "per search, 2 at once, TPE seed 0, ASHA on, tiny model; warm = the source search's best 3 designs "
              "enqueued after ES-SDE and the baseline.", "",
              "| after trial | " + " | ".join(str(i) for i in range(1, args.trials + 1)) + " |",
@@ -71,9 +71,7 @@ def main() -> None:
         lines.append(f"- {name}: " + ", ".join(f"{Design.from_params(r['design']).short()} "
                                                 f"({r['metrics'].get('score', float('nan')):.3f}, {r['status']})"
                                                 for r in rows))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "bench" / "results" / "warm_start.md").write_text(text)
+    publish("warm_start.md", lines)
 
 
 if __name__ == "__main__":

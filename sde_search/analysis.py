@@ -102,11 +102,10 @@ def option_effects(rows: Sequence[TrialRow], metric: str) -> list[Effect]:
 
 def pareto_front(rows: Sequence[TrialRow], x: str = "score", y: str = "score_ood") -> list[TrialRow]:
     """Full-budget trials not dominated on (x, y), both maximised; sorted by x descending."""
-    points = [r for r in rows if r.status == "full" and not math.isnan(r.value(x)) and not math.isnan(r.value(y))]
-    front = [r for r in points
-             if not any(o.value(x) >= r.value(x) and o.value(y) >= r.value(y) and
-                        (o.value(x) > r.value(x) or o.value(y) > r.value(y)) for o in points)]
-    return sorted(front, key=lambda r: -r.value(x))
+    points = [r for r in full_budget(rows, x) if not math.isnan(r.value(y))]  # already sorted by x
+    return [r for r in points
+            if not any(o.value(x) >= r.value(x) and o.value(y) >= r.value(y) and
+                       (o.value(x) > r.value(x) or o.value(y) > r.value(y)) for o in points)]
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,7 @@ class Difference:
     low: float
     high: float
     samples: int
+    records: int
 
     @property
     def significant(self) -> bool:
@@ -142,7 +142,8 @@ def paired_bootstrap(score: Callable[[Sequence[int]], tuple[float, float]], n_re
         sa, sb = score(idx)
         deltas.append(sa - sb)
     deltas.sort()
-    return Difference(a - b, deltas[int(0.025 * samples)], deltas[min(samples - 1, int(0.975 * samples))], samples)
+    return Difference(a - b, deltas[int(0.025 * samples)], deltas[min(samples - 1, int(0.975 * samples))], samples,
+                      n_records)
 
 
 def search_cost(rows: Sequence[TrialRow], steps_per_trial: int, space_size: int) -> dict[str, float]:

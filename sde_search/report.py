@@ -282,7 +282,7 @@ def test_section(task: Task, run_dir: Path, tests: Mapping[str, Mapping[str, Any
                 continue
             verdict = "a real difference" if d.significant else "within noise (the interval includes 0)"
             md.append(f"- winner vs {ref}, {label}: {d.delta:+.3f} (95 % paired bootstrap over "
-                      f"{len(_load_outputs(run_dir / 'outputs' / f'winner.{split}.jsonl'))} records: "
+                      f"{d.records} records: "
                       f"{d.low:+.3f} to {d.high:+.3f}): {verdict}")
     md += ["", "One training seed per design: the interval covers test-set sampling, not training noise "
            "(`sde-search robust RUN` measures that).", ""]

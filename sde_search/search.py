@@ -414,7 +414,7 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
     ray_init_s = _start_ray(args.address, space)
     try:
         if info is not None:  # resuming
-            MlflowClient(info.tracking_uri).update_run(info.parent_run_id, status="RUNNING")
+            tracking.client(info).update_run(info.parent_run_id, status="RUNNING")
         else:
             run_dir.mkdir(parents=True)
             _, parent = start_parent(info_kw, task, space, runs_dir / "mlartifacts")
@@ -468,9 +468,7 @@ def _stop_leftover_ray(run_dir: Path) -> int:
 
 def _mark_parent(info: RunInfo, status: str, why: str) -> None:
     try:
-        client = MlflowClient(info.tracking_uri)
-        client.set_tag(info.parent_run_id, "sde.interrupted", why)
-        client.set_terminated(info.parent_run_id, status=status)
+        tracking.close_parent(info, status, why)
     except Exception as exc:  # noqa: BLE001 - the original error matters more
         print(f"warning: could not close MLflow run {info.parent_run_id}: {exc}", file=sys.stderr)
 

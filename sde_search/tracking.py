@@ -102,9 +102,12 @@ def log_to_parent(info: RunInfo, files: Sequence[Path], metrics: Mapping[str, fl
             c.log_metric(info.parent_run_id, k, float(v))
 
 
-def close_parent(info: RunInfo) -> None:
-    """Marks the search's parent run FINISHED."""
-    client(info).set_terminated(info.parent_run_id, status="FINISHED", end_time=int(time.time() * 1000))
+def close_parent(info: RunInfo, status: str = "FINISHED", why: str | None = None) -> None:
+    """Ends the search's parent run (FINISHED, or FAILED / KILLED with the reason as tag ``sde.interrupted``)."""
+    c = client(info)
+    if why:
+        c.set_tag(info.parent_run_id, "sde.interrupted", why)
+    c.set_terminated(info.parent_run_id, status=status, end_time=int(time.time() * 1000))
 
 
 def log_nested_run(info: RunInfo, name: str, params: Mapping[str, Any], metrics: Mapping[str, float],

@@ -52,7 +52,7 @@ def test_paired_bootstrap_separates_real_gaps_from_noise():
     b = [1] * 40 + [0] * 60
     gap = analysis.paired_bootstrap(lambda idx: (sum(a[i] for i in idx) / len(idx),
                                                  sum(b[i] for i in idx) / len(idx)), 100)
-    assert math.isclose(gap.delta, 0.4) and gap.significant and gap.low < 0.4 < gap.high
+    assert math.isclose(gap.delta, 0.4) and gap.significant and gap.low < 0.4 < gap.high and gap.records == 100
 
 
 def test_search_cost_against_grid():
