@@ -22,6 +22,7 @@ OutputFormat = Literal["natural", "lines", "json"]
 Unmentioned = Literal["placeholder", "omit"]
 LabelStyle = Literal["text", "number"]
 Reasoning = Literal["none", "cot", "reverse_cot"]
+PromptTemplate = Literal["raw", "chat"]
 
 PARAM_PREFIX = "design."
 
@@ -42,6 +43,9 @@ class Design:
         label_style: ``text`` labels or ``number`` codes.
         reasoning: ``none``; ``cot``, a rationale before each label; or
             ``reverse_cot``, a rationale after each label.
+        prompt_template: ``raw`` text, as in the paper, or ``chat``: the model's chat template (a ChatML
+            fallback for models without one) around the prompt. Not a paper dimension; it appears in
+            labels only when ``chat`` (see :data:`EXTRA_DIMENSIONS`).
     """
 
     instruction: Instruction = "first"
@@ -50,6 +54,7 @@ class Design:
     unmentioned: Unmentioned = "placeholder"
     label_style: LabelStyle = "text"
     reasoning: Reasoning = "none"
+    prompt_template: PromptTemplate = "raw"
 
     def __post_init__(self) -> None:
         """Rejects values outside each dimension's allowed set."""
@@ -79,8 +84,10 @@ class Design:
         return {PARAM_PREFIX + k: v for k, v in dataclasses.asdict(self).items()}
 
     def short(self) -> str:
-        """A compact one-line label, e.g. ``first/exclude/lines/placeholder/text/none``."""
-        return "/".join(str(v) for v in dataclasses.asdict(self).values())
+        """A compact one-line label, e.g. ``first/exclude/lines/placeholder/text/none`` (``.../chat`` for chat)."""
+        defaults = Design()
+        return "/".join(str(v) for k, v in dataclasses.asdict(self).items()
+                        if k not in EXTRA_DIMENSIONS or v != getattr(defaults, k))
 
     def changes_from(self, other: Design) -> dict[str, str]:
         """The dimensions where this design differs from ``other`` (name -> this value)."""
@@ -95,6 +102,11 @@ def _dimensions() -> dict[str, tuple[str, ...]]:
 DIMENSIONS: dict[str, tuple[str, ...]] = _dimensions()
 """Dimension name -> allowed values, in declaration order (derived from the type hints)."""
 
+PAPER_DIMENSIONS = ("instruction", "prompt_loss", "output_format", "unmentioned", "label_style", "reasoning")
+"""The six dimensions of Guo et al.; :func:`all_designs` spans these."""
+EXTRA_DIMENSIONS = tuple(d for d in DIMENSIONS if d not in PAPER_DIMENSIONS)
+"""Dimensions the paper did not ask about: left at their default unless a space names them."""
+
 ES_SDE = Design()
 PAPER_BASELINE = Design(instruction="last", output_format="natural")
 EW_SDE = Design(instruction="last", output_format="natural", unmentioned="omit")
@@ -102,11 +114,10 @@ EW_SDE = Design(instruction="last", output_format="natural", unmentioned="omit")
 PRESETS: dict[str, Design] = {"es_sde": ES_SDE, "paper_baseline": PAPER_BASELINE, "ew_sde": EW_SDE}
 
 
-def all_designs() -> Iterator[Design]:
-    """Yields every combination of the dimensions (216 designs)."""
-    names = list(DIMENSIONS)
-    for values in itertools.product(*DIMENSIONS.values()):
-        yield Design(**dict(zip(names, values, strict=True)))
+def all_designs(dimensions: tuple[str, ...] = PAPER_DIMENSIONS) -> Iterator[Design]:
+    """Yields every combination of the paper's dimensions (216 designs), or of ``dimensions``."""
+    for values in itertools.product(*(DIMENSIONS[d] for d in dimensions)):
+        yield Design(**dict(zip(dimensions, values, strict=True)))
 
 
 def parse_design(spec: str) -> Design:

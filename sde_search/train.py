@@ -285,9 +285,29 @@ class Encoded:
     labels: list[int]
 
 
+# The ChatML layout SmolLM2 and many instruct models use; for tokenizers without a chat template of their own.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def prompt_ids(prompt: str, tokenizer: Any, design: Design) -> list[int]:
+    """Token ids of a prompt: BOS + raw text (the paper), or the chat template around it (``prompt_template: chat``).
+
+    The chat form is the tokenizer's own template (e.g. SmolLM2's, with its default system turn) as one user
+    turn plus the assistant header; tokenizers without one get :data:`FALLBACK_CHAT_TEMPLATE`.
+    """
+    if design.prompt_template == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True,
+                                             chat_template=tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return [tokenizer.bos_token_id, *tokenizer.encode(prompt, add_special_tokens=False)]
+
+
 def encode(sample: Sample, tokenizer: Any, design: Design) -> Encoded:
-    """BOS + prompt + target + EOS; No-MI (``exclude``) masks BOS and the whole prompt."""
-    prompt = [tokenizer.bos_token_id, *tokenizer.encode(sample.prompt, add_special_tokens=False)]
+    """Prompt (:func:`prompt_ids`) + target + EOS; No-MI (``exclude``) masks the whole prompt."""
+    prompt = prompt_ids(sample.prompt, tokenizer, design)
     target = [*tokenizer.encode(sample.target, add_special_tokens=False), tokenizer.eos_token_id]
     ids = prompt + target
     labels = [-100] * len(prompt) + target if design.prompt_loss == "exclude" else [-100] + ids[1:]
@@ -357,16 +377,18 @@ GREEDY = Decoding()
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], design: Design, *, max_new_tokens: int,
              batch_size: int, repetition_penalty: float, device: torch.device,
              decoding: Decoding = GREEDY) -> list[str]:
-    """Batched, left-padded generation (greedy unless ``decoding`` samples); returns the continuations."""
+    """Batched, left-padded generation (greedy unless ``decoding`` samples); returns the continuations.
+
+    Prompts are framed as in training (:func:`prompt_ids`, which reads ``design.prompt_template``).
+    """
     model.eval()
     torch.manual_seed(decoding.seed)
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [[tokenizer.bos_token_id, *tokenizer.encode(p, add_special_tokens=False)]
-                 for p in prompts[start:start + batch_size]]
+        chunk = [prompt_ids(p, tokenizer, design) for p in prompts[start:start + batch_size]]
         width = max(len(c) for c in chunk)
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -582,7 +604,7 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
             continue
         suffix = "_ood" if split.endswith("_ood") else ""
         es = eval_set(task, design, split, limit, instruction)
-        texts = generate(model, tokenizer, es.prompts, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
+        texts = generate(model, tokenizer, es.prompts, design, max_new_tokens=max_new, batch_size=hp.eval_batch_size,
                          repetition_penalty=hp.repetition_penalty, device=device, decoding=decoding)
         if outputs is not None:
             outputs[split] = texts

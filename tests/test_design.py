@@ -10,7 +10,9 @@ from sde_search.design import (
     DIMENSIONS,
     ES_SDE,
     EW_SDE,
+    EXTRA_DIMENSIONS,
     PAPER_BASELINE,
+    PAPER_DIMENSIONS,
     PRESETS,
     Design,
     all_designs,
@@ -29,7 +31,16 @@ def test_dimensions_follow_the_design_fields_and_literals() -> None:
         "unmentioned": ("placeholder", "omit"),
         "label_style": ("text", "number"),
         "reasoning": ("none", "cot", "reverse_cot"),
+        "prompt_template": ("raw", "chat"),
     }
+    assert EXTRA_DIMENSIONS == ("prompt_template",)
+
+
+def test_extra_dimensions_stay_out_of_paper_labels_until_changed() -> None:
+    assert ES_SDE.short() == "first/exclude/lines/placeholder/text/none"
+    assert Design(prompt_template="chat").short() == "first/exclude/lines/placeholder/text/none/chat"
+    assert all(d.prompt_template == "raw" for d in ALL)
+    assert len(list(all_designs(tuple(DIMENSIONS)))) == 432
 
 
 def test_all_designs_are_216_distinct_designs() -> None:
@@ -39,7 +50,8 @@ def test_all_designs_are_216_distinct_designs() -> None:
 
 
 def test_every_value_appears_in_the_product_equally_often() -> None:
-    for dim, values in DIMENSIONS.items():
+    for dim in PAPER_DIMENSIONS:
+        values = DIMENSIONS[dim]
         counts = {v: sum(getattr(d, dim) == v for d in ALL) for v in values}
         assert counts == dict.fromkeys(values, 216 // len(values)), dim
 

@@ -96,6 +96,20 @@ def test_encode_includes_the_prompt_in_the_loss(tokenized: tuple[Task, Any]) -> 
     assert e.labels[1:] == e.ids[1:]
 
 
+def test_chat_designs_wrap_the_prompt_in_a_chat_template_and_mask_it(tokenized: tuple[Task, Any]) -> None:
+    task, tok = tokenized  # the tiny tokenizer has no template of its own: the ChatML fallback applies
+    chat = dataclasses.replace(ES_SDE, prompt_template="chat")
+    sample = render(task.splits["train"][0], chat, task)
+    assert sample == render(task.splits["train"][0], ES_SDE, task)  # render stays raw; framing is the model's
+    ids = train.prompt_ids(sample.prompt, tok, chat)
+    text = tok.decode(ids)
+    assert text == f"<|im_start|>user\n{sample.prompt}<|im_end|>\n<|im_start|>assistant\n"
+    assert ids != train.prompt_ids(sample.prompt, tok, ES_SDE)
+    e = encode(sample, tok, chat)
+    assert e.ids[: len(ids)] == ids and e.labels[: len(ids)] == [-100] * len(ids)
+    assert tok.decode(e.labels[len(ids):-1]) == sample.target
+
+
 def test_collate_right_pads() -> None:
     batch = collate([Encoded([5, 6, 7], [-100, 6, 7]), Encoded([8], [8])], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -302,6 +316,9 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.generation_config.eos_token_id
     assert tok.pad_token_id is not None and tok.bos_token_id is not None
+    chat = tok.decode(train.prompt_ids("Hi", tok, dataclasses.replace(ES_SDE, prompt_template="chat")))
+    assert chat.startswith("<|im_start|>system\n") and chat.endswith("<|im_start|>user\nHi<|im_end|>\n"
+                                                                   "<|im_start|>assistant\n")  # its own template
     before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:3]}
     del model
 

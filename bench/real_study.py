@@ -1,0 +1,59 @@
+"""Real-data study: one search on a task under ``examples/real/``, its report kept as ``bench/results/real_<name>.md``.
+
+Runs ``sde-search`` on the task file (human-labelled data from ``../shared/data``, read by path, never copied)
+with the stated space and trial budget, then publishes the run's ``report.md`` (leaderboard, winner, held-out
+gains over ES-SDE and the paper baseline with bootstrap intervals, option effects, importance) under a header
+naming the machine, the command and the wall time. The run folder itself (checkpoints) stays in a temp dir.
+
+Usage: python bench/real_study.py examples/real/mams_acsa.yaml [--space search_spaces/sde_core.yaml]
+       [--trials 24] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from results_md import RESULTS, machine, publish  # noqa: E402
+
+
+def main() -> None:
+    """The search, then its report under a header."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", help="Task file, e.g. examples/real/mams_acsa.yaml.")
+    parser.add_argument("--space", default="search_spaces/sde_core.yaml")
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    task = Path(args.task)
+    if not (ROOT / task).exists() and not task.exists():
+        sys.exit(f"{task}: no such task file")
+    runs = Path(tempfile.mkdtemp(prefix="sde-real-"))
+    name = f"real_{task.stem}"
+    sets = [f"space.budget.num_samples={args.trials}", *args.set]
+    command = ["sde-search", "--task", str(task), "--space", args.space, *[x for s in sets for x in ("--set", s)]]
+    print(" ".join(command), f"(runs in {runs})", flush=True)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "sde_search.cli", *command[1:], "--runs-dir", str(runs), "--name", name],
+                   cwd=ROOT, check=True)
+    wall = time.monotonic() - start
+    report = (runs / name / "report.md").read_text()
+    plots = RESULTS / name
+    shutil.rmtree(plots, ignore_errors=True)
+    shutil.copytree(runs / name / "plots", plots, ignore=shutil.ignore_patterns("*.html", "*.js"))
+    lines = [f"# Real-data study: {task.stem}", "",
+             f"Machine: {machine()}. Command: `{' '.join(command)}`. "
+             f"Wall {wall / 60:.1f} min including test scoring. PNGs in `{plots.relative_to(ROOT)}/`.", "",
+             *report.replace("](plots/", f"]({name}/").splitlines()]
+    publish(f"{name}.md", lines)
+
+
+if __name__ == "__main__":
+    main()
