@@ -197,8 +197,9 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def reading_flag(row: TrialRow) -> str:
-    """'not reading the input' when the trial does not beat the fixed answer (most common label per slot)."""
-    margin = row.value("score") - row.value("baseline_fixed")
+    """'not reading the input' when the trial does not beat both trivial answers (fixed, empty) on its ID set."""
+    trivial = [v for v in (row.value("baseline_fixed"), row.value("baseline_empty")) if not math.isnan(v)]
+    margin = row.value("score") - max(trivial) if trivial else math.nan
     return "" if math.isnan(margin) or margin > 0 else "not reading the input"
 
 
@@ -206,10 +207,10 @@ def leaderboard(rows: Sequence[TrialRow], metric: str) -> list[str]:
     """Full-budget trials, best first."""
     lines = [[i, r.trial_id, r.design.short(), ", ".join(f"{k}={_fmt(v)}" for k, v in r.hparams.items()) or "-",
               r.value(metric), r.value("score_ood"), r.value("format_error_rate"), r.value("baseline_fixed"),
-              f"{r.value('distinct_predictions'):.0f}", reading_flag(r) or "yes"]
+              r.value("baseline_empty"), f"{r.value('distinct_predictions'):.0f}", reading_flag(r) or "yes"]
              for i, r in enumerate(analysis.full_budget(rows, metric), 1)]
-    return _table(["#", "trial", "design", "hparams", metric, "OOD", "format err", "fixed answer", "distinct",
-                   "reads input"], lines)
+    return _table(["#", "trial", "design", "hparams", metric, "OOD", "format err", "fixed answer", "empty answer",
+                   "distinct", "reads input"], lines)
 
 
 def stopped_table(rows: Sequence[TrialRow], metric: str) -> list[str]:
@@ -263,10 +264,12 @@ def test_section(task: Task, run_dir: Path, tests: Mapping[str, Mapping[str, Any
     if not tests:
         return []
     md = ["## Held-out test sets (scored once, never seen by the search)", ""]
-    md += _table(["design", "", "test ID", "test OOD", "format err", "fixed answer", "source"],
-                 [[name, Design.from_params(t["design"]).short(), t["scores"].get("score", math.nan),
-                   t["scores"].get("score_ood", math.nan), t["scores"].get("format_error_rate", math.nan),
-                   t["scores"].get("baseline_fixed", math.nan), t["source"]] for name, t in tests.items()])
+    md += _table(["design", "", "test ID", "test OOD", "format err", "fixed answer", "empty answer", "distinct",
+                  "source"],
+                 [[name, Design.from_params(t["design"]).short(), *(t["scores"].get(k, math.nan) for k in (
+                     "score", "score_ood", "format_error_rate", "baseline_fixed", "baseline_empty")),
+                   f"{t['scores'].get('distinct_predictions', math.nan):.0f}", t["source"]]
+                  for name, t in tests.items()])
     md.append("")
     if "winner" not in tests:
         return md
@@ -305,7 +308,8 @@ def build(run_dir: Path, task: Task, space: SpaceConfig) -> str:
           *cost_lines(rows, summary, space.size()), "",
           "## Leaderboard (full budget, eval sets)", "", *leaderboard(rows, metric), "",
           "`fixed answer`: the score of always answering each slot's most common training label, with no model; "
-          "a design at or below it is not reading the input.", ""]
+          "`empty answer`: always answering unmentioned / no items; `distinct`: distinct predictions on the set. "
+          "A design at or below both trivial answers is not reading the input.", ""]
     if any(r.status == "stopped" for r in rows):
         md += ["## Stopped early by ASHA (never eligible to win)", "", *stopped_table(rows, metric), ""]
     failed = [r for r in rows if r.status == "failed"]
@@ -366,7 +370,8 @@ def write_tables(run_dir: Path, rows: Sequence[TrialRow], winner: TrialRow | Non
         best = {"design": {k.removeprefix("design."): v for k, v in winner.design.to_params().items()},
                 "train": winner.hparams, "score": winner.value(metric), "trial": winner.trial_id}
         (run_dir / "best_design.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
-    keys = ["score", "score_ood", "format_error_rate", "baseline_fixed", "progress", "report", "step", "train_s",
+    keys = ["score", "score_ood", "format_error_rate", "baseline_fixed", "baseline_empty", "distinct_predictions",
+            "progress", "report", "step", "train_s",
             "gen_s", "tokens_per_sample"]
     with open(run_dir / "trials.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -674,7 +674,7 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
     key = task.kind.score_key
     extra = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("accuracy", "f1", "precision", "recall"))
     print(f"final: ID {key} {final['score']:.3f} ({extra}; fixed answer {final['baseline_fixed']:.3f}, "
-          f"{int(final['distinct_predictions'])} distinct predictions)"
+          f"empty answer {final['baseline_empty']:.3f}, {int(final['distinct_predictions'])} distinct predictions)"
           + (f", OOD {final['score_ood']:.3f}" if has_ood else "")
           + f"; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
     if out:

@@ -1,10 +1,12 @@
-"""The pure analysis of a finished search (analysis.py) and the export of a design (export.py)."""
+"""The pure analysis of a finished search (analysis.py), the export of a design (export.py), the reading flag."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import pytest
 
 from sde_search import analysis, export
 from sde_search.analysis import TrialRow
@@ -70,3 +72,17 @@ def test_export_renders_every_split_with_the_loss_boundary(tmp_path):
     assert json.loads((tmp_path / "mi" / "train.jsonl").read_text().splitlines()[0])["loss_start"] == 0
     assert mi["train.jsonl"] == counts["train.jsonl"]
     assert "lr: 0.003" in (tmp_path / "design.yaml").read_text()
+
+
+@pytest.mark.parametrize(("score", "fixed", "empty", "flag"), [
+    (0.50, 0.34, 0.00, ""),                        # beats both trivial answers
+    (0.30, 0.34, 0.00, "not reading the input"),   # below the most-common-label answer
+    (0.34, 0.34, 0.00, "not reading the input"),   # a tie is not reading either
+    (0.20, 0.10, 0.25, "not reading the input"),   # below the always-unmentioned answer
+    (0.20, math.nan, math.nan, ""),                # no baselines recorded: no verdict
+])
+def test_reading_flag_needs_to_beat_both_trivial_answers(score: float, fixed: float, empty: float, flag: str) -> None:
+    from sde_search.report import reading_flag
+
+    row = TrialRow("t", ES_SDE, {}, "full", {"score": score, "baseline_fixed": fixed, "baseline_empty": empty})
+    assert reading_flag(row) == flag

@@ -186,7 +186,8 @@ def test_plugins_must_be_a_list(tmp_path: Path) -> None:
 # --- spaces --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "size"), [("quick", 24), ("sde_core", 72), ("sde_full", 216), ("sde_hparams", 24), ("sde_chat", 24)])
+@pytest.mark.parametrize(("name", "size"), [("quick", 24), ("sde_core", 72), ("sde_full", 216), ("sde_hparams", 24),
+                                            ("sde_chat", 24)])
 def test_shipped_spaces_load(name: str, size: int) -> None:
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert isinstance(space, SpaceConfig)
