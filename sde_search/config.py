@@ -139,6 +139,13 @@ class TrackingConfig(_Strict):
 Objective = Literal["id", "ood", "mean", "pareto"]
 
 
+PRETRAINED_TRAIN: dict[str, Any] = {
+    "epochs": 3, "lr": 3.0e-4, "batch_size": 4, "lora_dropout": 0.1, "reports_per_epoch": 1,
+    "report_eval_size": 16, "eval_batch_size": 16}
+"""``train:`` defaults for a pretrained model (any ``model`` but ``tiny``), measured on MAMS with SmolLM2-135M
+(``bench/results/real_mams_smollm2.md``); keys the task file sets win. The TrainConfig defaults suit ``tiny``."""
+
+
 class TaskConfig(_Strict):
     """A task file."""
 
@@ -153,6 +160,18 @@ class TaskConfig(_Strict):
     search_space: str | None = Field(None, description="Search-space YAML (relative to this file).")
     tracking: TrackingConfig = TrackingConfig()
     plugins: list[str] = Field([], description="Modules to import (they may register task types).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_preset(cls, data: Any) -> Any:
+        """Fills ``train:`` keys the file leaves out with :data:`PRETRAINED_TRAIN` when the model is not tiny."""
+        if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
+            return data  # pydantic reports the wrong shape
+        model = data.get("model") or {}
+        if model.get("name", "tiny") == "tiny" and not model.get("gguf_file"):
+            return data
+        train = data.get("train") or {}
+        return {**data, "train": {**PRETRAINED_TRAIN, **train}} if isinstance(train, dict) else data
 
 
 class Range(_Strict):

@@ -57,6 +57,21 @@ def test_set_overrides() -> None:
     assert load_task(MASA).config.train.lr == 3.0e-3  # the file itself is unchanged
 
 
+def test_a_pretrained_model_gets_the_measured_preset_where_the_file_is_silent(tmp_path: Path) -> None:
+    from sde_search.config import PRETRAINED_TRAIN, TrainConfig
+
+    text = "\n".join(line for line in MASA.read_text().splitlines() if not line.startswith(("train:", "search_space:")))
+    (tmp_path / "smol.yaml").write_text(text)
+    root = f"data.root={MASA.parent / 'data' / 'masa'}"
+    smol = load_task(tmp_path / "smol.yaml", [root, "model.name=smollm2-135m"]).config.train
+    assert {k: getattr(smol, k) for k in PRETRAINED_TRAIN} == PRETRAINED_TRAIN
+    assert smol.lora_rank == TrainConfig().lora_rank  # keys outside the preset keep their defaults
+    assert load_task(tmp_path / "smol.yaml", [root]).config.train == TrainConfig()  # tiny: untouched
+    demo = load_task(MASA, ["model.name=smollm2-135m", "train.epochs=1"]).config.train
+    assert demo.epochs == 1 and demo.lr == 3.0e-3  # set on the command line / in the file: those win
+    assert demo.lora_dropout == PRETRAINED_TRAIN["lora_dropout"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [("train.lr=1e-4", "train.lr: '1e-4' is read as a string by YAML"),
