@@ -6,12 +6,16 @@ gains over ES-SDE and the paper baseline with bootstrap intervals, option effect
 naming the machine, the command and the wall time. The run folder itself (checkpoints) stays in a temp dir.
 
 Usage: python bench/real_study.py examples/real/mams_acsa.yaml [--space search_spaces/sde_core.yaml]
-       [--trials 24] [--set KEY=VALUE ...]
+       [--trials 24] [--set KEY=VALUE ...] [--rebuild RUNS_DIR]
+
+``--rebuild RUNS_DIR`` re-renders the report of a finished study run there (``sde-search report``) and publishes
+it again, without training.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -31,27 +35,34 @@ def main() -> None:
     parser.add_argument("--space", default="search_spaces/sde_core.yaml")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--rebuild", metavar="RUNS_DIR", help="Publish the report of a finished run again.")
     args = parser.parse_args()
     task = Path(args.task)
     if not (ROOT / task).exists() and not task.exists():
         sys.exit(f"{task}: no such task file")
-    runs = Path(tempfile.mkdtemp(prefix="sde-real-"))
+    runs = Path(args.rebuild or tempfile.mkdtemp(prefix="sde-real-"))
     name = f"real_{task.stem}"
     sets = [f"space.budget.num_samples={args.trials}", *args.set]
     command = ["sde-search", "--task", str(task), "--space", args.space, *[x for s in sets for x in ("--set", s)]]
     print(" ".join(command), f"(runs in {runs})", flush=True)
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "sde_search.cli", *command[1:], "--runs-dir", str(runs), "--name", name],
-                   cwd=ROOT, check=True)
-    wall = time.monotonic() - start
+    cli = [sys.executable, "-m", "sde_search.cli"]
+    if args.rebuild:
+        subprocess.run([*cli, "report", name, "--runs-dir", str(runs)], cwd=ROOT, check=True, capture_output=True)
+        wall = json.loads((runs / name / "summary.json").read_text())["wall_s"]  # the search alone
+    else:
+        subprocess.run([*cli, *command[1:], "--runs-dir", str(runs), "--name", name], cwd=ROOT, check=True)
+        wall = time.monotonic() - start
     report = (runs / name / "report.md").read_text()
     plots = RESULTS / name
     shutil.rmtree(plots, ignore_errors=True)
     shutil.copytree(runs / name / "plots", plots, ignore=shutil.ignore_patterns("*.html", "*.js"))
     lines = [f"# Real-data study: {task.stem}", "",
              f"Machine: {machine()}. Command: `{' '.join(command)}`. "
-             f"Wall {wall / 60:.1f} min including test scoring. PNGs in `{plots.relative_to(ROOT)}/`.", "",
-             *report.replace("](plots/", f"]({name}/").splitlines()]
+             f"Wall {wall / 60:.1f} min{'' if args.rebuild else ' including test scoring'}. "
+             f"PNGs in `{plots.relative_to(ROOT)}/`.", "",
+             *[line.replace("](plots/", f"]({name}/") for line in report.splitlines()
+               if not line.startswith("- interactive:")]]  # the Optuna HTML stays with the run (plotly.js is large)
     publish(f"{name}.md", lines)
 
 
