@@ -250,6 +250,8 @@ def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequenc
         lengths = [len((s.prompt + s.target).split()) for s in
                    (render(r, design, task) for r in task.splits["train"][:50])]
         print(f"\n== {name}: {design.short()}")
+        if design.prompt_template == "chat":
+            print("(prompt_template chat: the prompt below is wrapped in the model's chat template when trained)")
         print(sample.prompt + sample.target)
         print(f"-- round trip: {'ok' if ok else 'FAILED ' + str(parsed.errors)}; "
               f"~{sum(lengths) / len(lengths):.0f} words per sample (max {max(lengths)}, first 50 records)")
