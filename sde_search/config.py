@@ -128,6 +128,10 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="Seed of weights, data order and LoRA init.")
     threads: int | None = Field(None, ge=1, description="torch threads (default: the trial's CPUs).")
 
+    def steps_per_epoch(self, records: int) -> int:
+        """Optimizer steps per pass over ``records`` training records (the last batch may be short)."""
+        return math.ceil(records / self.batch_size)
+
 
 class TrackingConfig(_Strict):
     """MLflow tracking."""

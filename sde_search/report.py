@@ -408,7 +408,7 @@ def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metri
     hp = task.config.train
     summary = {"name": info.name, "space_path": info.space_path, "metric": metric, "wall_s": wall_s,
                "ray_init_s": ray_init_s, "max_concurrent": space.budget.max_concurrent,
-               "steps_per_trial": math.ceil(len(task.splits["train"]) / hp.batch_size) * hp.epochs,
+               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs,
                "winner": winner.trial_id if winner else None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     text = build(run_dir, task, space)

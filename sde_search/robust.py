@@ -43,14 +43,15 @@ def _half_train(task: Task) -> Task:
 def check(task: Task, row: analysis.TrialRow, threads: int, retrain: bool) -> dict[str, Any]:
     """All perturbations of one trial's design; returns mean/std per perturbation."""
     split = _split(task)
+    paraphrases = list(task.config.template.paraphrases)
     greedy, *sampled = train.evaluate_checkpoint(task, row.design, row.hparams, row.checkpoint, splits=[split],
                                                  threads=threads, decodings=[train.GREEDY, *SAMPLING])
     out: dict[str, Any] = {"trial": row.trial_id, "design": row.design.short(), "split": split,
                            "greedy": greedy["score"]}
     out["sampling_mean"], out["sampling_std"] = _stats([s["score"] for s in sampled])
-    paraphrases = list(task.config.template.paraphrases)
-    scores = [train.evaluate_checkpoint(task, row.design, row.hparams, row.checkpoint, splits=[split],
-                                        threads=threads, instruction=p)[0]["score"] for p in paraphrases]
+    scores = [s["score"] for s in train.evaluate_checkpoint(  # one model build for all paraphrases
+        task, row.design, row.hparams, row.checkpoint, splits=[split], threads=threads, instructions=paraphrases,
+    )] if paraphrases else []
     out["paraphrase_mean"], out["paraphrase_std"] = _stats(scores)
     out["paraphrases"] = len(paraphrases)
     if retrain:

@@ -523,7 +523,7 @@ def max_new_tokens(task: Task, design: Design, hp: TrainConfig, tokenizer: Any) 
 def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, optimizer: Any,
                 tokenizer: Any, enc: Sequence[Encoded], device: torch.device, report: Report,
                 checkpoint_dir: str | None, resume_from: str | None) -> dict[str, float]:
-    steps_per_epoch = math.ceil(len(enc) / hp.batch_size)
+    steps_per_epoch = hp.steps_per_epoch(len(enc))
     total_steps = steps_per_epoch * hp.epochs
     total_reports = hp.epochs * hp.reports_per_epoch
     report_steps = [round(total_steps * (k + 1) / total_reports) for k in range(total_reports)]
@@ -700,7 +700,7 @@ def save_final_adapter(task: Task, hparams: Mapping[str, Any] | None, checkpoint
 
 def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] | None, checkpoint: str,
                         splits: Sequence[str] = ("test_id", "test_ood"), threads: int | None = None, *,
-                        decodings: Sequence[Decoding] = (GREEDY,), instruction: str | None = None,
+                        decodings: Sequence[Decoding] = (GREEDY,), instructions: Sequence[str | None] = (None,),
                         outputs: dict[str, list[str]] | None = None) -> list[dict[str, float]]:
     """Scores a trained checkpoint on held-out splits (the final report's test sets, the robustness check).
 
@@ -712,12 +712,13 @@ def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] |
         splits: Which splits to score.
         threads: torch CPU threads.
         decodings: How to decode; one score dict is returned per decoding (default: greedy only).
-        instruction: An instruction paraphrase to render the prompts with.
-        outputs: Filled with each split's generations (of the last decoding).
+        instructions: Instructions to render the prompts with (None: the task's own; else paraphrases); the
+            model is built once for all of them.
+        outputs: Filled with each split's generations (of the last decoding and instruction).
 
     Returns:
-        Per decoding: ``score``/``format_error_rate``/... for ``test_id`` and the same with ``_ood`` for
-        ``test_ood``.
+        Per instruction, then per decoding: ``score``/``format_error_rate``/... for ``test_id`` and the same
+        with ``_ood`` for ``test_ood``.
     """
     hp = resolve_hparams(task, hparams)
     torch.set_num_threads(threads or hp.threads or 1)
@@ -730,7 +731,7 @@ def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] |
         set_peft_model_state_dict(model, state["adapter"])
         max_new = max_new_tokens(task, design, hp, tokenizer)
         return [score_splits(task, design, hp, model, tokenizer, device, max_new, splits, None, decoding=d,
-                             instruction=instruction, outputs=outputs) for d in decodings]
+                             instruction=i, outputs=outputs) for i in instructions for d in decodings]
     finally:
         del model
         gc.collect()
