@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from sde_search import train
 from sde_search.config import Task, load_task
-from sde_search.design import ES_SDE
+from sde_search.design import ES_SDE, Design
 from sde_search.render import render
 from sde_search.train import Encoded, TrialError, build_tiny_tokenizer, collate, encode, epoch_order, fit
 
@@ -171,9 +171,11 @@ def test_resolve_hparams_rejects_bad_values(bad: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_fit_reports_each_evaluation() -> None:
+@pytest.mark.parametrize("design", [ES_SDE, dataclasses.replace(ES_SDE, prompt_template="chat")],
+                         ids=lambda d: d.prompt_template)
+def test_fit_reports_each_evaluation(design: Design) -> None:
     reports, paths, report = _collect()
-    final = fit(_task(*TWO_BY_TWO), ES_SDE, report=report)
+    final = fit(_task(*TWO_BY_TWO), design, report=report)
     assert len(reports) == 2 * 2  # epochs x reports_per_epoch
     assert [m["progress"] for m in reports] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert [m["report"] for m in reports] == [1, 2, 3, 4]
