@@ -239,6 +239,14 @@ def render_json(units: Sequence[Unit], design: Design, c: Codec) -> str:
 _JSON_FIELD = r'"{}"\s*:\s*(\[[^\]]*\]|"[^"]*"|-?\d+)'
 
 
+def _field_value(raw: str) -> Any:
+    """A field matched by :data:`_JSON_FIELD`; a list broken inside (``["a", "b]``) keeps its text."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw.strip("[]").replace('"', "")
+
+
 def parse_json(text: str, design: Design, c: Codec) -> tuple[list[tuple[str, str]], list[str]]:
     """``json.loads`` per line (never eval); a broken line falls back to a regex with ``json_error``."""
     slot_field, value_field = _json_keys(c)
@@ -255,7 +263,7 @@ def parse_json(text: str, design: Design, c: Codec) -> tuple[list[tuple[str, str
             if not all(found):
                 errors.append("split_error")
                 continue
-            key, value = (json.loads(m.group(1)) if m else "" for m in found)
+            key, value = (_field_value(m.group(1)) for m in found if m)
         values = value if isinstance(value, list) else [value]
         pairs.append((str(key), ", ".join(str(v) for v in values)))
     return pairs, errors

@@ -326,6 +326,14 @@ def test_json_target_of_spans_round_trips_through_json(entities: Task) -> None:
     assert {tuple(r["entities"]) for r in rows} == {(), ("Dunhollow Bank",), ("Dunhollow", "New Harl")}
 
 
+def test_a_list_broken_inside_is_a_json_error_not_a_crash(entities: Task) -> None:
+    # seen in the GENIA study: the regex fallback matched the list, whose own JSON was broken
+    text = '{"type": "person", "entities": ["Ann", "Bo]}, "x": 1'
+    parsed = parse(text, parse_design("output_format=json,unmentioned=omit"), entities)
+    assert "json_error" in parsed.errors
+    assert parsed.answer["person"] == ("Ann", "Bo")
+
+
 def test_bare_none_under_placeholder_is_a_format_error():
     from pathlib import Path
 
