@@ -244,19 +244,27 @@ def cost_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any], space_size:
 
 
 def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list[str]:
-    """Where the time went: Ray start, time inside trials vs training and generation, slot use."""
+    """Where the time went: Ray start, time inside trials and inside ``fit()``, slot use."""
     timed = [r for r in rows if not math.isnan(r.value("time_total_s"))]
     if not timed:
         return []
     inside = sum(r.value("time_total_s") for r in timed)
+    in_fit = sum(r.value("fit_s") for r in timed if not math.isnan(r.value("fit_s")))
     work = sum(r.value("train_s") + r.value("gen_s") for r in timed)
     width = min(int(summary["max_concurrent"]), len(rows))
-    slots = summary["wall_s"] * width
-    return [f"- Ray start: {summary.get('ray_init_s', math.nan):.1f} s; per trial: {inside / len(timed):.1f} s in "
-            f"the trial, of which {work / len(timed):.1f} s training + generation and "
-            f"{(inside - work) / len(timed):.1f} s set-up (imports, model build, checkpoints)",
-            f"- trial slots busy {inside / max(slots, 1e-9):.0%} of {width} x wall; the rest (Ray, scheduling, "
-            f"MLflow) {max(0.0, slots - inside) / max(slots, 1e-9):.0%}"]
+    slots = max(summary["wall_s"] * width, 1e-9)
+    n = len(timed)
+    lines = [f"- Ray start: {summary.get('ray_init_s', math.nan):.1f} s; per trial: {inside / n:.1f} s in the trial, "
+             f"of which {work / n:.1f} s training + generation and {(inside - work) / n:.1f} s set-up (imports, "
+             "model build, checkpoints)"]
+    if in_fit:
+        lines.append(f"- trial slots busy {inside / slots:.0%} of {width} x wall, {in_fit / slots:.0%} inside "
+                     f"fit(); the rest ({max(0.0, slots - in_fit) / slots:.0%}: Ray start, worker imports, "
+                     "scheduling, MLflow) is orchestration")
+    else:  # trials of an older version report no fit_s
+        lines.append(f"- trial slots busy {inside / slots:.0%} of {width} x wall; the rest (Ray, scheduling, "
+                     f"MLflow) {max(0.0, slots - inside) / slots:.0%}")
+    return lines
 
 
 def test_section(task: Task, run_dir: Path, tests: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -40,12 +41,14 @@ import optuna  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 import ray  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune.utils import flatten_dict  # noqa: E402
 
 from sde_search import report as reporting  # noqa: E402
 from sde_search import tracking  # noqa: E402
@@ -158,6 +161,8 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
 
     from sde_search import train
 
+    _freeze_imports()
+
     params = {**fixed, **config}
     design = Design.from_params(params)
     hparams = {k[len("train."):]: v for k, v in params.items() if k.startswith("train.")}
@@ -176,6 +181,16 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
 
     train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
               threads=threads)
+
+
+def _freeze_imports() -> None:
+    """Hides the import-time objects of a worker (torch, transformers, peft: about 400k) from the collector.
+
+    Done once per worker process; the ``gc.collect()`` that ends each trial then takes 1 ms instead of 0.2 s.
+    """
+    if not gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
 
 
 # ---------------------------------------------------------------- progress
@@ -247,24 +262,30 @@ class FullBudgetOptunaSearch(OptunaSearch):
 
 
 class TrialTracker(MLflowLoggerCallback):
-    """``MLflowLoggerCallback`` that outlives its tracking server: failed calls queue up and are retried in order.
+    """``MLflowLoggerCallback`` that writes in batches and outlives its tracking server.
 
-    Trials never wait for MLflow; while the server is away their results stay in Tune's ``result.json``
-    and in this queue, and the terminal says so once.
+    Ray's callback sends every metric of every report as its own ``log_metric`` call: with the sqlite store
+    that is one transaction per key (about 45 per report), and profiling the driver showed it spending 16 s
+    of a 4-minute search there, holding up trial starts and competing with trials for the 2 cores. Here a
+    report is one ``log_batch`` (same keys, values and steps) and the trial's params another.
+
+    Failed calls queue up and are retried in order: trials never wait for MLflow; while the server is away
+    their results stay in Tune's ``result.json`` and in this queue, and the terminal says so once.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         """Same arguments as ``MLflowLoggerCallback``."""
         super().__init__(*args, **kwargs)
-        self.queue: collections.deque[tuple[str, tuple]] = collections.deque()
+        self.queue: collections.deque[tuple[Any, tuple]] = collections.deque()
         self.failing = False
+        self._client: MlflowClient | None = None
 
-    def _call(self, name: str, *args: Any) -> None:
-        self.queue.append((name, args))
+    def _call(self, fn: Any, *args: Any) -> None:
+        self.queue.append((fn, args))
         while self.queue:
             method, margs = self.queue[0]
             try:
-                getattr(super(), method)(*margs)
+                method(*margs)
             except Exception as exc:  # noqa: BLE001 - any tracking error: keep the call for later
                 if not self.failing:
                     print(f"warning: MLflow unreachable ({type(exc).__name__}); trials go on, their results are "
@@ -276,19 +297,49 @@ class TrialTracker(MLflowLoggerCallback):
             print("MLflow reachable again: buffered results sent", file=sys.stderr, flush=True)
             self.failing = False
 
+    def client(self) -> MlflowClient:
+        """One client for the callback's lifetime."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _start(self, trial: Any) -> None:
+        if trial not in self._trial_runs:
+            tags = {**self.tags, "trial_name": str(trial)}
+            self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
+        params = [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()]
+        self.client().log_batch(self._trial_runs[trial], params=params)
+
+    def _result(self, trial: Any, result: dict) -> None:
+        step = result.get("timesteps_total") or result["training_iteration"]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
+        self.client().log_batch(self._trial_runs[trial], metrics=metrics)
+
     def log_trial_start(self, trial: Any) -> None:  # noqa: D102
-        self._call("log_trial_start", trial)
+        self._call(self._start, trial)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
-        self._call("log_trial_result", iteration, trial, dict(result))
+        self._call(self._result, trial, dict(result))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
-        self._call("log_trial_end", trial, failed)
+        self._call(super().log_trial_end, trial, failed)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:  # noqa: D102
         if self.queue:
             print(f"warning: {len(self.queue)} tracking calls never reached MLflow (the server stayed away); "
                   "the run folder's trials.json and report.md have every result", file=sys.stderr, flush=True)
+
+
+def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The flattened keys of a Tune result that MLflow can hold as metrics (as Ray's callback chooses them)."""
+    out = {}
+    for key, value in flatten_dict(dict(result)).items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 # ---------------------------------------------------------------- run set-up
@@ -346,12 +397,15 @@ def _start_ray(address: str | None, space: SpaceConfig) -> float:
     src = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     _ray_log_to(logging.NullHandler())
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "logging_level": "ERROR",
-                              "include_dashboard": False, "configure_logging": False}
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False,
+                              "configure_logging": False}
     t0 = time.time()
-    if address:
-        ray.init(address=address, **kwargs)
+    if address:  # a cluster's workers were started elsewhere: the variables travel in the runtime env
+        ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
     else:
+        # A local instance's workers inherit this process's environment; a runtime env would instead make
+        # Ray start a fresh worker per trial slot (0.9 s measured) rather than use its pre-started ones.
+        os.environ.update(env)
         # address="local": always a new instance, never a stale cluster found through /tmp/ray.
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(space.resources.cpu)),
                  num_gpus=None if space.resources.gpu else 0, **kwargs)

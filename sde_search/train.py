@@ -491,6 +491,7 @@ def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *,
     Returns:
         The last report's metrics.
     """
+    started = time.perf_counter()
     hp = resolve_hparams(task, hparams)
     torch.set_num_threads(threads or hp.threads or 1)
     random.seed(hp.seed)
@@ -503,7 +504,7 @@ def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *,
         model = add_lora(model, hp, tiny).to(device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
         return _train_loop(task, design, hp, model, optimizer, tokenizer, enc, device, report,
-                           checkpoint_dir, resume_from)
+                           checkpoint_dir, resume_from, started)
     finally:
         del model, optimizer
         gc.collect()
@@ -522,7 +523,7 @@ def max_new_tokens(task: Task, design: Design, hp: TrainConfig, tokenizer: Any) 
 
 def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, optimizer: Any,
                 tokenizer: Any, enc: Sequence[Encoded], device: torch.device, report: Report,
-                checkpoint_dir: str | None, resume_from: str | None) -> dict[str, float]:
+                checkpoint_dir: str | None, resume_from: str | None, started: float) -> dict[str, float]:
     steps_per_epoch = hp.steps_per_epoch(len(enc))
     total_steps = steps_per_epoch * hp.epochs
     total_reports = hp.epochs * hp.reports_per_epoch
@@ -571,6 +572,7 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             "train_loss": sum(losses) / len(losses), "progress": step / total_steps, "step": float(step),
             "epoch": step / steps_per_epoch, "report": float(k), "train_tokens": float(tokens),
             "tokens_per_sample": sum(len(e.ids) for e in enc) / len(enc), "train_s": train_s, "gen_s": gen_s,
+            "fit_s": time.perf_counter() - started,  # since this fit() call began (a resumed trial: this part)
         })
         losses = []
         path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens)
