@@ -7,12 +7,17 @@ Every run is a real ``sde-search train`` (LoRA fine-tune, greedy generation) of 
   whole eval sets after every epoch: the smallest budget where both write the format (< 10 % ID format errors)
   and where they beat the trivial answers picks ``config.PRETRAINED_TRAIN``.
 - ``one_factor``: the paper baseline, each single change of it, and ES-SDE at the preset, for each seed.
+- ``regime``: more data and steps than the preset (``--records``, ``--lr``, ``--epochs``) until a design reads
+  the input: each design is trained, scored on the eval sets after every epoch, then on ``--test`` held-out
+  test records, where a paired bootstrap over records gives the interval of its margin over the fixed answer
+  (each aspect's most common training label). "Clearly beats" = that 95 % interval lies above zero.
 
 Results accumulate in ``bench/results/real_mams_smollm2.json`` (so phases and seeds can run in separate
 sessions); every call rewrites ``bench/results/real_mams_smollm2.md`` from it.
 
 Usage: python bench/smollm2_study.py sweep [--lrs 1e-4 3e-4] [--epochs 3]
        python bench/smollm2_study.py one_factor [--seeds 0 1] [--designs ...] [--parallel 2]
+       python bench/smollm2_study.py regime [--records 800] [--lr 2e-4] [--epochs 2] [--designs es_sde ...]
        python bench/smollm2_study.py table
 """
 
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,8 +71,44 @@ def train(design: str, sets: list[str], threads: int) -> dict:
             "reports": [{k: r[k] for k in KEEP if k in r} for r in reports]}
 
 
+def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
+    """Trains ``design`` (checkpoints in ``out``), then scores the last one on test_id against the fixed answer."""
+    from sde_search import analysis, config, metrics
+    from sde_search import train as trainer
+    from sde_search.render import parse
+
+    task = config.load_task(ROOT / TASK, sets)
+    d = parse_design(design)
+    reports: list[dict] = []
+    start = time.monotonic()
+    trainer.fit(task, d, None, report=lambda m, _p: reports.append({k: m[k] for k in KEEP if k in m}),
+                checkpoint_dir=str(out), threads=threads)
+    ckpt = str(sorted(out.glob("report-*"))[-1])
+    texts: dict[str, list[str]] = {}
+    test = trainer.evaluate_checkpoint(task, d, None, ckpt, splits=("test_id",), threads=threads, outputs=texts)[0]
+    records = task.splits["test_id"]
+    slots = task.slots_for("test_id")
+    golds = [task.gold(r, "test_id") for r in records]
+    preds = [parse(t, d, task).answer for t in texts["test_id"]]
+    fixed = metrics.most_common_answer([task.gold(r, "test_id") for r in task.splits["train"]], slots,
+                                       placeholder=(task.unmentioned,))
+    kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
+
+    def score(idx: Sequence[int]) -> tuple[float, float]:
+        g = [golds[i] for i in idx]
+        return (task.kind.score(g, [preds[i] for i in idx], **kw)["kappa"],
+                task.kind.score(g, [fixed] * len(g), **kw)["kappa"])
+
+    diff = analysis.paired_bootstrap(score, len(golds), samples=1000)
+    return {"design": design, "sets": sets, "wall_s": time.monotonic() - start, "reports": reports,
+            "test": {k: test[k] for k in ("score", "accuracy", "format_error_rate", "distinct_predictions",
+                                          "baseline_fixed", "baseline_empty", "n_eval") if k in test},
+            "versus_fixed": {"delta": diff.delta, "low": diff.low, "high": diff.high, "records": diff.records}}
+
+
 def load() -> dict:
-    return json.loads(STORE.read_text()) if STORE.exists() else {"sweep": [], "one_factor": []}
+    store = json.loads(STORE.read_text()) if STORE.exists() else {}
+    return {"sweep": [], "one_factor": [], "regime": [], **store}
 
 
 def save(store: dict) -> None:
@@ -84,6 +126,31 @@ def run_all(jobs: list[tuple[str, list[str], dict]], parallel: int, store: dict,
 
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(one, jobs))
+
+
+def run_regime(args: argparse.Namespace, store: dict) -> None:
+    """Each design of ``--regime-designs`` in its own process (``parallel`` at once), results saved as they end."""
+    sets = [f"data.max_train={args.records}", f"train.lr={args.lr}", f"train.epochs={args.epochs}",
+            "train.reports_per_epoch=1", "train.report_eval_size=60", f"data.max_test={args.test}"]
+    threads = max(1, 2 // args.parallel)
+    work = Path(tempfile.mkdtemp(prefix="sde-regime-"))
+
+    def one(design: str) -> None:
+        job = json.dumps([design, sets, threads, str(work / design)])
+        proc = subprocess.run([sys.executable, __file__, "regime_job", "--job", job], cwd=ROOT, capture_output=True,
+                              text=True)
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            row = {"design": design, "error": proc.stderr.strip().splitlines()[-1:]}
+        else:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        store["regime"].append(row | {"records": args.records, "lr": args.lr, "machine": machine(),
+                                      "parallel": args.parallel})
+        save(store)
+        print(f"{design}: {row.get('test', row.get('error'))}", flush=True)
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(one, args.regime_designs))
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -141,6 +208,26 @@ def one_factor_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def regime_table(rows: list[dict]) -> list[str]:
+    lines = ["| design | records | lr | epochs (steps) | ID kappa | ID fmt err | fixed kappa | distinct | OOD kappa | "
+             "test kappa | test fixed | test - fixed (95 % CI) | clearly beats | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['design']} | failed: {r['error']} |||||||||||||")
+            continue
+        last = len(r["reports"]) - 1
+        for i, m in enumerate(r["reports"]):
+            t, v = r["test"], r["versus_fixed"]
+            tail = (f"{t['score']:.3f} | {t['baseline_fixed']:.3f} | {v['delta']:+.3f} ({v['low']:+.3f} to "
+                    f"{v['high']:+.3f}) | {'yes' if v['low'] > 0 else 'no'}") if i == last else "- | - | - | -"
+            lines.append(
+                f"| {r['design']} | {r['records']} | {r['lr']:g} | {m['epoch']:.0f} ({m['step']:.0f}) | "
+                f"{fmt(m['score'])} | {m['format_error_rate']:.0%} | {fmt(m['baseline_fixed'])} | "
+                f"{m['distinct_predictions']:.0f} | {fmt(m.get('score_ood'))} | {tail} | {m['train_s']:.0f} |")
+    return lines
+
+
 def table(store: dict) -> None:
     lines = ["# SmolLM2-135M-Instruct on MAMS-ACSA (CPU)", "",
              f"Machine: {machine()}. Task `{TASK}`: 200 training records, 60 ID and 60 OOD eval records "
@@ -150,6 +237,8 @@ def table(store: dict) -> None:
     lines += sweep_table(store["sweep"]) if store["sweep"] else ["(not run yet)"]
     lines += ["", "## One-factor comparison at the preset", ""]
     lines += one_factor_table(store["one_factor"]) if store["one_factor"] else ["(not run yet)"]
+    lines += ["", "## Regime: more data and steps, scored on held-out test records", ""]
+    lines += regime_table(store["regime"]) if store["regime"] else ["(not run yet)"]
     notes = RESULTS / "real_mams_smollm2_notes.md"
     if notes.exists():
         lines += ["", *notes.read_text().splitlines()]
@@ -158,19 +247,30 @@ def table(store: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["sweep", "one_factor", "table"])
+    parser.add_argument("phase", choices=["sweep", "one_factor", "regime", "regime_job", "table"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--designs", nargs="+", default=list(ONE_FACTOR), choices=list(ONE_FACTOR))
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--records", type=int, default=800, help="regime: training records")
+    parser.add_argument("--lr", type=float, default=2e-4, help="regime: learning rate")
+    parser.add_argument("--test", type=int, default=200, help="regime: held-out test records")
+    parser.add_argument("--regime-designs", nargs="+", default=["paper_baseline", "es_sde"])
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # regime_job: JSON of (design, sets, threads, out)
     args = parser.parse_args()
+    if args.phase == "regime_job":
+        design, sets, threads, out = json.loads(args.job)
+        print(json.dumps(regime_job(design, sets, threads, Path(out))))
+        return
     store = load()
     if args.phase == "sweep":
         jobs = [(design, [f"train.lr={lr}", f"train.epochs={args.epochs}", "train.reports_per_epoch=1",
                           "train.report_eval_size=60"], {"lr": lr})
                 for lr in args.lrs for design in ("es_sde", "paper_baseline")]
         run_all(jobs, args.parallel, store, "sweep")
+    elif args.phase == "regime":
+        run_regime(args, store)
     elif args.phase == "one_factor":
         jobs = [(ONE_FACTOR[name], [f"train.seed={seed}"], {"name": name, "seed": seed})
                 for seed in args.seeds for name in args.designs]

@@ -813,6 +813,13 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
     if task.config.objective != "id" and "eval_ood" not in task.splits:
         problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set "
                         f"(data.eval_ood or labels.ood_slots)")
+    hp = task.config.train
+    max_t = hp.epochs * hp.reports_per_epoch
+    if space.asha.enabled and space.asha.grace_period >= max_t:
+        problems.append(f"{space_path}: asha.grace_period: {space.asha.grace_period} reports, but a trial makes only "
+                        f"{max_t} (train.epochs {hp.epochs} x train.reports_per_epoch {hp.reports_per_epoch} in "
+                        f"{task.path}), so ASHA could never stop one; lower asha.grace_period, raise "
+                        "train.reports_per_epoch, or set asha.enabled: false")
     if space.sampler.name == "tpe" and space.sampler.n_startup_trials >= space.budget.num_samples:
         problems.append(f"{space_path}: sampler.n_startup_trials: {space.sampler.n_startup_trials} must be below "
                         f"budget.num_samples ({space.budget.num_samples}), or TPE never runs")

@@ -115,6 +115,7 @@ CATEGORIES = {
                               "template_placeholder.yaml", "train_is_eval.yaml", "test_is_eval.yaml",
                               "duplicate_slots.yaml", "unknown_type.yaml", "name_pattern.yaml", "invalid_yaml.yaml",
                               "top_level_list.yaml", "spaces/top_level_list.yaml", "spaces/startup_trials.yaml",
+                              "spaces/asha_grace_too_long.yaml",
                               "spaces/output_format_xml.yaml", "spaces/unknown_baseline.yaml"],
 }
 
