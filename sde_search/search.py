@@ -15,6 +15,7 @@ import contextlib
 import gc
 import json
 import logging
+import numbers
 import os
 import subprocess
 import sys
@@ -332,14 +333,11 @@ class TrialTracker(MLflowLoggerCallback):
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The flattened keys of a Tune result that MLflow can hold as metrics (as Ray's callback chooses them)."""
-    out = {}
-    for key, value in flatten_dict(dict(result)).items():
-        try:
-            out[key] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+    """The flattened numeric keys of a Tune result, as floats.
+
+    Ray's callback also parses strings, so that a trial id such as ``5e123456`` became the metric ``inf``.
+    """
+    return {k: float(v) for k, v in flatten_dict(dict(result)).items() if isinstance(v, numbers.Number)}
 
 
 # ---------------------------------------------------------------- run set-up

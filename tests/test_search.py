@@ -242,3 +242,12 @@ def test_tracking_server_goes_away_and_every_listener_is_loopback(tmp_path):
     assert len(rows) == 6 and all(r["status"] in ("full", "stopped") for r in rows)  # no trial lost
     assert seen, "no listening sockets found"
     assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _, _ in seen), seen  # loopback only
+
+
+def test_trial_metrics_are_the_numeric_keys_only():
+    from sde_search.search import numeric_metrics
+
+    result = {"score": 0.5, "done": True, "training_iteration": 3, "trial_id": "5e123456", "date": "2026-12-01",
+              "config": {"design.output_format": "lines", "train.lr": 1e-3}}
+    assert numeric_metrics(result) == {"score": 0.5, "done": 1.0, "training_iteration": 3.0,
+                                       "config/train.lr": 1e-3}
