@@ -139,7 +139,8 @@ def main() -> None:
              "trial (the final test scoring and report excluded); (a) from loading the task to the last fit.", ""]
     for label, entry in store.items():
         lines += label_lines(label, entry)
-    publish("overhead.md", lines)
+    notes = RESULTS / "overhead_notes.md"
+    publish("overhead.md", lines + (notes.read_text().splitlines() if notes.exists() else []))
 
 
 if __name__ == "__main__":
