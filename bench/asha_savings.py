@@ -1,12 +1,12 @@
 """What ASHA saves: the same search with and without early stopping (same seed, sampler and trials).
 
 Runs ``sde-search`` twice on the synthetic MASA task over ``sde_core.yaml`` (24 trials, 2 at once): ASHA on
-(the product's default: grace period 2 reports, reduction factor 2) and ASHA off. Prints train steps spent,
+(``--grace``/``--rf``, default 3 and 3 as in ``sde_core.yaml``) and ASHA off. Prints train steps spent,
 wall time and the regret of each chosen design, measured on the stored grid of ``bench/search_quality.py``
 when it exists (the grid score of the winner vs the grid's best), else against the better of the two runs.
 Goal (issue 9): ASHA spends <= 50 % of the steps with <= 1 point (0.01) regret.
 
-Usage: python bench/asha_savings.py [--trials 24] [--grace 2] [--rf 2] [--reuse-off RUN_DIR]. Each
+Usage: python bench/asha_savings.py [--trials 24] [--grace 3] [--rf 3] [--reuse-off RUN_DIR]. Each
 configuration's figures are kept in bench/results/asha_savings.json and bench/results/asha_savings.md lists
 them all. ``--reuse-off`` takes the ASHA-off run from an earlier call (its steps and winner do not depend on
 ASHA; the table names the run it came from).
@@ -32,7 +32,7 @@ STORE = ROOT / "bench" / "results" / "asha_savings.json"
 SPACE = ROOT / "search_spaces" / "sde_core.yaml"
 
 
-def run(runs: Path, name: str, asha: bool, trials: int, grace: int = 2, rf: int = 2) -> dict:
+def run(runs: Path, name: str, asha: bool, trials: int, grace: int = 3, rf: int = 3) -> dict:
     """One search (unless ``runs/name`` is already a finished one); returns steps, wall and the winner."""
     sets = [f"space.asha.enabled={str(asha).lower()}", f"space.budget.num_samples={trials}",
             "space.budget.max_concurrent=2", f"space.asha.grace_period={grace}", f"space.asha.reduction_factor={rf}"]
@@ -89,8 +89,8 @@ def main() -> None:
     """The ASHA-on run (and the ASHA-off one unless reused), then the table of every configuration stored."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
-    parser.add_argument("--grace", type=int, default=2, help="ASHA grace period, in reports (12 per trial).")
-    parser.add_argument("--rf", type=int, default=2, help="ASHA reduction factor.")
+    parser.add_argument("--grace", type=int, default=3, help="ASHA grace period, in reports (12 per trial).")
+    parser.add_argument("--rf", type=int, default=3, help="ASHA reduction factor.")
     parser.add_argument("--reuse-off", metavar="RUN_DIR", help="An earlier ASHA-off run (folder named no_asha).")
     args = parser.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="sde-asha-"))

@@ -113,7 +113,7 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def load_task_and_space(task_path: str, space_path: str | None, overrides: Sequence[str],
-                        address: str | None = None) -> tuple[Task, SpaceConfig, Path]:
+                        address: str | None = None, new_search: bool = True) -> tuple[Task, SpaceConfig, Path]:
     """Loads a task and its search space and cross-checks them (raises ConfigError)."""
     task_over, space_over = _split_overrides(overrides)
     task = load_task(task_path, task_over)
@@ -124,12 +124,13 @@ def load_task_and_space(task_path: str, space_path: str | None, overrides: Seque
     else:
         resolved = Path(space_path).resolve()
     space = load_space(resolved, space_over)
-    check_compatible(task, space, resolved, local=address is None)
+    check_compatible(task, space, resolved, local=address is None, new_search=new_search)
     return task, space, resolved
 
 
 def _search(args: argparse.Namespace) -> int:
-    task, space, space_path = load_task_and_space(args.task, args.space, args.overrides, args.address)
+    task, space, space_path = load_task_and_space(args.task, args.space, args.overrides, args.address,
+                                                  new_search=not args.resume)
     if args.check:
         extra = []
         for spec in args.design:
@@ -182,7 +183,8 @@ def _after_search(args: argparse.Namespace) -> int:
     folder = run_folder(args.run, args.runs_dir)
     info = json.loads((folder / "run.json").read_text())
     every = ["data.max_train=null", "data.max_eval=null", "data.max_test=null"] if args.command == "export" else []
-    task, space, _ = load_task_and_space(info["task_path"], info["space_path"], [*info.get("overrides", []), *every])
+    task, space, _ = load_task_and_space(info["task_path"], info["space_path"], [*info.get("overrides", []), *every],
+                                         new_search=False)
     if args.command == "export":
         from sde_search import export
 

@@ -782,7 +782,25 @@ def _train_value_problems(key: str, value: Any) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, local: bool = True) -> None:
+def report_range(task: Task, space: SpaceConfig) -> tuple[int, int]:
+    """The fewest and the most reports (``epochs x reports_per_epoch``) a trial of this space makes.
+
+    The space's ``train:`` block wins over the task's; a searched value counts with its extremes.
+    """
+    def extremes(key: str) -> list[int]:
+        value = space.train.get(key, getattr(task.config.train, key))
+        if isinstance(value, list):
+            return [int(v) for v in value]
+        if isinstance(value, Range):
+            return [int(value.low), int(value.high)]
+        return [int(value)]
+
+    epochs, per_epoch = extremes("epochs"), extremes("reports_per_epoch")
+    return min(epochs) * min(per_epoch), max(epochs) * max(per_epoch)
+
+
+def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, local: bool = True,
+                     new_search: bool = True) -> None:
     """Cross-checks a task against a space (and the space's resources against this machine).
 
     Args:
@@ -791,6 +809,8 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
         space_path: The space's file, named in the messages.
         local: Whether the trials run on this machine; ``False`` when joining a Ray cluster (``--address``),
             whose GPUs are not visible here.
+        new_search: Whether a search is about to start (not a resume, report or export of an earlier one):
+            only then are settings that could not have changed the earlier run's results checked.
 
     Raises:
         ConfigError: With every inconsistency found.
@@ -813,13 +833,12 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
     if task.config.objective != "id" and "eval_ood" not in task.splits:
         problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set "
                         f"(data.eval_ood or labels.ood_slots)")
-    hp = task.config.train
-    max_t = hp.epochs * hp.reports_per_epoch
-    if space.asha.enabled and space.asha.grace_period >= max_t:
+    fewest, _ = report_range(task, space)
+    if new_search and space.asha.enabled and space.asha.grace_period >= fewest:
         problems.append(f"{space_path}: asha.grace_period: {space.asha.grace_period} reports, but a trial makes only "
-                        f"{max_t} (train.epochs {hp.epochs} x train.reports_per_epoch {hp.reports_per_epoch} in "
-                        f"{task.path}), so ASHA could never stop one; lower asha.grace_period, raise "
-                        "train.reports_per_epoch, or set asha.enabled: false")
+                        f"{fewest} (train.epochs x train.reports_per_epoch, from {task.path} and the space), so ASHA "
+                        "could never stop it; lower asha.grace_period, raise train.reports_per_epoch, or set "
+                        "asha.enabled: false")
     if space.sampler.name == "tpe" and space.sampler.n_startup_trials >= space.budget.num_samples:
         problems.append(f"{space_path}: sampler.n_startup_trials: {space.sampler.n_startup_trials} must be below "
                         f"budget.num_samples ({space.budget.num_samples}), or TPE never runs")

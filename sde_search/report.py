@@ -249,7 +249,8 @@ def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list
     if not timed:
         return []
     inside = sum(r.value("time_total_s") for r in timed)
-    in_fit = sum(r.value("fit_s") for r in timed if not math.isnan(r.value("fit_s")))
+    fit = [r.value("fit_s") for r in timed]
+    in_fit = 0.0 if any(math.isnan(f) for f in fit) else sum(fit)  # trials of an older version report no fit_s
     work = sum(r.value("train_s") + r.value("gen_s") for r in timed)
     width = min(int(summary["max_concurrent"]), len(rows))
     slots = max(summary["wall_s"] * width, 1e-9)
@@ -261,7 +262,7 @@ def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list
         lines.append(f"- trial slots busy {inside / slots:.0%} of {width} x wall, {in_fit / slots:.0%} inside "
                      f"fit(); the rest ({max(0.0, slots - in_fit) / slots:.0%}: Ray start, worker imports, "
                      "scheduling, MLflow) is orchestration")
-    else:  # trials of an older version report no fit_s
+    else:
         lines.append(f"- trial slots busy {inside / slots:.0%} of {width} x wall; the rest (Ray, scheduling, "
                      f"MLflow) {max(0.0, slots - inside) / slots:.0%}")
     return lines

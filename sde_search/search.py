@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sde_search.config import ConfigError, SpaceConfig, Task
+from sde_search.config import ConfigError, SpaceConfig, Task, report_range
 from sde_search.design import PRESETS, Design
 
 # Before Ray is imported (PITFALLS 2): keep every listener on 127.0.0.1 and skip token auth.
@@ -43,6 +43,7 @@ import optuna  # noqa: E402
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 import ray  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
@@ -274,12 +275,13 @@ class TrialTracker(MLflowLoggerCallback):
     their results stay in Tune's ``result.json`` and in this queue, and the terminal says so once.
     """
 
+    _client: MlflowClient | None = None  # a class default: a Tuner pickled by an older version has no such field
+
     def __init__(self, *args: Any, **kwargs: Any):
         """Same arguments as ``MLflowLoggerCallback``."""
         super().__init__(*args, **kwargs)
         self.queue: collections.deque[tuple[Any, tuple]] = collections.deque()
         self.failing = False
-        self._client: MlflowClient | None = None
 
     def _call(self, fn: Any, *args: Any) -> None:
         self.queue.append((fn, args))
@@ -287,16 +289,27 @@ class TrialTracker(MLflowLoggerCallback):
             method, margs = self.queue[0]
             try:
                 method(*margs)
-            except Exception as exc:  # noqa: BLE001 - any tracking error: keep the call for later
-                if not self.failing:
-                    print(f"warning: MLflow unreachable ({type(exc).__name__}); trials go on, their results are "
-                          "kept and sent when it is back", file=sys.stderr, flush=True)
-                self.failing = True
+            except MlflowException as exc:
+                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                    self._unreachable(exc)
+                    return
+                # The store refuses this call and always will (e.g. a param changed on resume): retrying it
+                # would hold every later call back, so it is dropped with a warning.
+                print(f"warning: MLflow refused a tracking call ({str(exc)[:200]}); it is skipped", file=sys.stderr,
+                      flush=True)
+            except Exception as exc:  # noqa: BLE001 - any other tracking error: keep the call for later
+                self._unreachable(exc)
                 return
             self.queue.popleft()
         if self.failing:
             print("MLflow reachable again: buffered results sent", file=sys.stderr, flush=True)
             self.failing = False
+
+    def _unreachable(self, exc: Exception) -> None:
+        if not self.failing:
+            print(f"warning: MLflow unreachable ({type(exc).__name__}); trials go on, their results are "
+                  "kept and sent when it is back", file=sys.stderr, flush=True)
+        self.failing = True
 
     def client(self) -> MlflowClient:
         """One client for the callback's lifetime."""
@@ -304,24 +317,22 @@ class TrialTracker(MLflowLoggerCallback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def _start(self, trial: Any) -> None:
+    def _start(self, trial: Any, params: list[Param]) -> None:
         if trial not in self._trial_runs:
             tags = {**self.tags, "trial_name": str(trial)}
             self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
-        params = [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()]
         self.client().log_batch(self._trial_runs[trial], params=params)
 
-    def _result(self, trial: Any, result: dict) -> None:
-        step = result.get("timesteps_total") or result["training_iteration"]
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
+    def _result(self, trial: Any, metrics: list[Metric]) -> None:
         self.client().log_batch(self._trial_runs[trial], metrics=metrics)
 
     def log_trial_start(self, trial: Any) -> None:  # noqa: D102
-        self._call(self._start, trial)
+        self._call(self._start, trial, [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()])
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
-        self._call(self._result, trial, dict(result))
+        step = result.get("timesteps_total") or result["training_iteration"]
+        now = int(time.time() * 1000)  # when it was reported, even if it reaches MLflow later
+        self._call(self._result, trial, [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
         self._call(super().log_trial_end, trial, failed)
@@ -337,7 +348,7 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
     Ray's callback also parses strings, so that a trial id such as ``5e123456`` became the metric ``inf``.
     """
-    return {k: float(v) for k, v in flatten_dict(dict(result)).items() if isinstance(v, numbers.Number)}
+    return {k: float(v) for k, v in flatten_dict(dict(result)).items() if isinstance(v, numbers.Real)}
 
 
 # ---------------------------------------------------------------- run set-up
@@ -544,8 +555,7 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
     mlflow.set_tracking_uri(info.tracking_uri)
     searched, fixed = optuna_space(space)
     metric = OBJECTIVE_METRIC[task.config.objective]
-    hp = task.config.train
-    max_t = hp.epochs * hp.reports_per_epoch
+    max_t = report_range(task, space)[1]  # ASHA's horizon: the longest trial the space allows
     if task.config.model.name == "tiny":
         from sde_search.train import build_tiny_tokenizer
 

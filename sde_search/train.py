@@ -530,7 +530,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
     report_steps = [round(total_steps * (k + 1) / total_reports) for k in range(total_reports)]
     step, train_s, gen_s, tokens, losses = 0, 0.0, 0.0, 0, []
     if resume_from:
-        step, train_s, gen_s, tokens = _load_checkpoint(resume_from, model, optimizer)
+        step, train_s, gen_s, tokens, fit_before = _load_checkpoint(resume_from, model, optimizer)
+        started -= fit_before  # fit_s counts the checkpointed part too, as train_s and gen_s do
     max_new = max_new_tokens(task, design, hp, tokenizer)
     last: dict[str, float] = {}
     model.train()
@@ -572,10 +573,10 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             "train_loss": sum(losses) / len(losses), "progress": step / total_steps, "step": float(step),
             "epoch": step / steps_per_epoch, "report": float(k), "train_tokens": float(tokens),
             "tokens_per_sample": sum(len(e.ids) for e in enc) / len(enc), "train_s": train_s, "gen_s": gen_s,
-            "fit_s": time.perf_counter() - started,  # since this fit() call began (a resumed trial: this part)
+            "fit_s": time.perf_counter() - started,  # seconds inside fit() (a resumed trial: all its parts)
         })
         losses = []
-        path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens)
+        path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens, last["fit_s"])
         if fault == "hang_ckpt":
             _hang()  # written but not yet handed to Tune: a test kills the driver "while a checkpoint is written"
         report(last, path)
@@ -616,23 +617,24 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
 
 
 def _save_checkpoint(root: str | None, k: int, model: torch.nn.Module, optimizer: Any, step: int,
-                     train_s: float, gen_s: float, tokens: int) -> str | None:
+                     train_s: float, gen_s: float, tokens: int, fit_s: float) -> str | None:
     if root is None:
         return None
     path = Path(root) / f"report-{k:04d}"
     path.mkdir(parents=True, exist_ok=True)
     torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step,
-                "train_s": train_s, "gen_s": gen_s, "tokens": tokens, "torch_rng": torch.get_rng_state()},
+                "train_s": train_s, "gen_s": gen_s, "tokens": tokens, "fit_s": fit_s,
+                "torch_rng": torch.get_rng_state()},
                path / "state.pt")
     return str(path)
 
 
-def _load_checkpoint(path: str, model: torch.nn.Module, optimizer: Any) -> tuple[int, float, float, int]:
+def _load_checkpoint(path: str, model: torch.nn.Module, optimizer: Any) -> tuple[int, float, float, int, float]:
     state = torch.load(Path(path) / "state.pt", weights_only=False)
     set_peft_model_state_dict(model, state["adapter"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
-    return state["step"], state["train_s"], state["gen_s"], state["tokens"]
+    return state["step"], state["train_s"], state["gen_s"], state["tokens"], state.get("fit_s", 0.0)
 
 
 # ---------------------------------------------------------------- sde-search train
