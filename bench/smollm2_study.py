@@ -73,7 +73,7 @@ def train(design: str, sets: list[str], threads: int) -> dict:
 
 def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
     """Trains ``design`` (checkpoints in ``out``), then scores the last one on test_id against the fixed answer."""
-    from sde_search import analysis, config, metrics
+    from sde_search import analysis, config
     from sde_search import train as trainer
     from sde_search.render import parse
 
@@ -90,8 +90,7 @@ def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
     slots = task.slots_for("test_id")
     golds = [task.gold(r, "test_id") for r in records]
     preds = [parse(t, d, task).answer for t in texts["test_id"]]
-    fixed = metrics.most_common_answer([task.gold(r, "test_id") for r in task.splits["train"]], slots,
-                                       placeholder=(task.unmentioned,))
+    fixed = task.fixed_answer("test_id")
     kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
 
     def score(idx: Sequence[int]) -> tuple[float, float]:

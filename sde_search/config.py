@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sde_search import tasks
+from sde_search import metrics, tasks
 from sde_search.design import DIMENSIONS, PRESETS, Design
 
 SPLITS = ("train", "eval_id", "eval_ood", "test_id", "test_ood")
@@ -292,6 +292,16 @@ class Task:
     def gold(self, record: tasks.Record, split: str) -> dict[str, tuple[str, ...]]:
         """The record's answer on the split's slots."""
         return self.kind.gold(record, self.slots_for(split), self.unmentioned)
+
+    @property
+    def empty_value(self) -> tuple[str, ...]:
+        """The value of a slot with nothing in it: ``()`` for multi-valued types, else ``(unmentioned,)``."""
+        return () if self.kind.multi_valued else (self.unmentioned,)
+
+    def fixed_answer(self, split: str) -> dict[str, tuple[str, ...]]:
+        """The trivial "fixed answer" for a split: each of its slots' most common value in the training set."""
+        return metrics.most_common_answer([self.gold(r, split) for r in self.splits["train"]], self.slots_for(split),
+                                          placeholder=self.empty_value)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -143,17 +143,28 @@ def compare(task: Task, run_dir: Path, a: str, b: str, split: str) -> analysis.D
     rb = _load_outputs(run_dir / "outputs" / f"{b}.{split}.jsonl")
     if not ra or len(ra) != len(rb):
         return None
+    return _paired(task, split, ra, [_answer(x["parsed"]) for x in rb])
+
+
+def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> analysis.Difference | None:
+    """Paired bootstrap of design ``a``'s test score minus the fixed answer's on the same records."""
+    ra = _load_outputs(run_dir / "outputs" / f"{a}.{split}.jsonl")
+    return _paired(task, split, ra, [task.fixed_answer(split)] * len(ra)) if ra else None
+
+
+def _answer(d: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in d.items()}
+
+
+def _paired(task: Task, split: str, ra: Sequence[Mapping[str, Any]],
+            pb: Sequence[Mapping[str, tuple[str, ...]]]) -> analysis.Difference:
     slots, key = task.slots_for(split), task.kind.score_key
-
-    def answer(d: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-        return {k: tuple(v) for k, v in d.items()}
-
-    golds = [answer(x["gold"]) for x in ra]
-    pa, pb = [answer(x["parsed"]) for x in ra], [answer(x["parsed"]) for x in rb]
+    golds = [_answer(x["gold"]) for x in ra]
+    pa = [_answer(x["parsed"]) for x in ra]
+    kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
 
     def score(idx: Sequence[int]) -> tuple[float, float]:
         idx = list(idx)
-        kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
         g = [golds[i] for i in idx]
         return (task.kind.score(g, [pa[i] for i in idx], **kw)[key],
                 task.kind.score(g, [pb[i] for i in idx], **kw)[key])
@@ -280,8 +291,14 @@ def test_section(task: Task, run_dir: Path, tests: Mapping[str, Mapping[str, Any
                    f"{t['scores'].get('distinct_predictions', math.nan):.0f}", t["source"]]
                   for name, t in tests.items()])
     md.append("")
+    for name in tests:
+        d = versus_fixed(task, run_dir, name, "test_id")
+        if d is not None:
+            verdict = "reads the input" if d.low > 0 else "not shown to beat it (the interval reaches 0)"
+            md.append(f"- {name} vs the fixed answer, ID: {d.delta:+.3f} (95 % paired bootstrap over {d.records} "
+                      f"records: {d.low:+.3f} to {d.high:+.3f}): {verdict}")
     if "winner" not in tests:
-        return md
+        return [*md, ""]
     for ref in ("es_sde", "paper_baseline"):
         if ref not in tests:
             continue

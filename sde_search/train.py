@@ -403,8 +403,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], des
     return outputs
 
 
-def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str],
-                  train_golds: Sequence[Mapping[str, tuple[str, ...]]]) -> dict[str, float]:
+def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str]) -> dict[str, float]:
     """Parses and scores generations; adds format errors and the trivial baselines on the same set."""
     ood = es.split.endswith("_ood")
     parsed: list[Parsed] = [parse(o, design, task, ood=ood) for o in outputs]
@@ -412,8 +411,8 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
     values = task.config.labels.values
     score = task.kind.score(es.golds, [p.answer for p in parsed], slots=slots, values=values,
                             unmentioned=task.unmentioned)
-    empty = () if task.kind.multi_valued else (task.unmentioned,)
-    fixed = metrics.most_common_answer(train_golds, slots, placeholder=empty)
+    empty = task.empty_value
+    fixed = task.fixed_answer(es.split)
     n = len(es.golds)
     trivial = {
         "fixed": task.kind.score(es.golds, [fixed] * n, slots=slots, values=values, unmentioned=task.unmentioned),
@@ -611,8 +610,7 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
                          repetition_penalty=hp.repetition_penalty, device=device, decoding=decoding)
         if outputs is not None:
             outputs[split] = texts
-        train_golds = [task.gold(r, split) for r in task.splits["train"]]  # on this split's slots
-        out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, train_golds).items()})
+        out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts).items()})
     return out
 
 

@@ -86,3 +86,27 @@ def test_reading_flag_needs_to_beat_both_trivial_answers(score: float, fixed: fl
 
     row = TrialRow("t", ES_SDE, {}, "full", {"score": score, "baseline_fixed": fixed, "baseline_empty": empty})
     assert reading_flag(row) == flag
+
+
+def _write_outputs(path: Path, golds: list[dict], parsed: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": str(i), "gold": g, "output": "", "parsed": p, "errors": []}) + "\n"
+                            for i, (g, p) in enumerate(zip(golds, parsed, strict=True))))
+
+
+def test_test_set_margins_over_the_fixed_answer_and_between_designs(tmp_path):
+    from sde_search.report import compare, versus_fixed
+
+    task = load_task(ROOT / "examples" / "demo_masa.yaml", ["data.max_train=100", "data.max_test=60"])
+    golds = [task.gold(r, "test_id") for r in task.splits["test_id"]]
+    fixed = task.fixed_answer("test_id")
+    assert set(fixed) == set(task.slots) and all(len(v) == 1 for v in fixed.values())
+    _write_outputs(tmp_path / "outputs" / "perfect.test_id.jsonl", golds, golds)
+    _write_outputs(tmp_path / "outputs" / "parrot.test_id.jsonl", golds, [fixed] * len(golds))
+    reads = versus_fixed(task, tmp_path, "perfect", "test_id")
+    assert reads is not None and reads.records == len(golds) and reads.low > 0  # a perfect answer reads the input
+    parrot = versus_fixed(task, tmp_path, "parrot", "test_id")
+    assert parrot is not None and parrot.delta == 0 and not parrot.significant  # the fixed answer itself: no gain
+    gap = compare(task, tmp_path, "perfect", "parrot", "test_id")
+    assert gap is not None and math.isclose(gap.delta, reads.delta) and gap.significant
+    assert versus_fixed(task, tmp_path, "missing", "test_id") is None
