@@ -270,3 +270,24 @@ def test_template_with_stray_brace(tmp_path: Path) -> None:
     body = _GOOD + 'template: {paraphrases: ["Label {slots} with {labels. {format}"]}\n'
     with pytest.raises(ConfigError, match=r"template\.paraphrases\.0: not a valid template"):
         load_task(_write_task(tmp_path, body))
+
+
+@pytest.mark.parametrize(("space_sets", "expected"), [
+    ([], (12, 12)),                                                     # the task's 12 epochs x 1 report
+    (["train.epochs=6"], (6, 6)),                                       # the space's value wins
+    (["train.epochs=[4, 8]", "train.reports_per_epoch=2"], (8, 16)),    # searched: both extremes
+])
+def test_report_range_reads_the_space_train_block(space_sets: list[str], expected: tuple[int, int]) -> None:
+    from sde_search.config import report_range
+
+    task = load_task(ROOT / "examples" / "demo_masa.yaml")
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", space_sets)
+    assert report_range(task, space) == expected
+
+
+def test_a_grace_period_no_trial_reaches_is_an_error_only_for_a_new_search() -> None:
+    task = load_task(ROOT / "examples" / "demo_masa.yaml")
+    space = load_space(ROOT / "search_spaces" / "quick.yaml", ["train.epochs=2"])
+    with pytest.raises(ConfigError, match="asha.grace_period: 2 reports, but a trial makes only 2"):
+        check_compatible(task, space, "quick.yaml")
+    check_compatible(task, space, "quick.yaml", new_search=False)  # report / export / resume of an earlier run
