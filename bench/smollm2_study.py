@@ -11,6 +11,8 @@ Every run is a real ``sde-search train`` (LoRA fine-tune, greedy generation) of 
   the input: each design is trained, scored on the eval sets after every epoch, then on ``--test`` held-out
   test records, where a paired bootstrap over records gives the interval of its margin over the fixed answer
   (each aspect's most common training label). "Clearly beats" = that 95 % interval lies above zero.
+- ``penalty``: the regime's final checkpoints decoded on the test records with the paper's repetition
+  penalty 1.1 and without it (the default, 1.0).
 
 Results accumulate in ``bench/results/real_mams_smollm2.json`` (so phases and seeds can run in separate
 sessions); every call rewrites ``bench/results/real_mams_smollm2.md`` from it.
@@ -18,6 +20,7 @@ sessions); every call rewrites ``bench/results/real_mams_smollm2.md`` from it.
 Usage: python bench/smollm2_study.py sweep [--lrs 1e-4 3e-4] [--epochs 3]
        python bench/smollm2_study.py one_factor [--seeds 0 1] [--designs ...] [--parallel 2]
        python bench/smollm2_study.py regime [--records 800] [--lr 2e-4] [--epochs 2] [--designs es_sde ...]
+       python bench/smollm2_study.py penalty --checkpoints /tmp/sde-regime-XXXX
        python bench/smollm2_study.py table
 """
 
@@ -30,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,11 +74,28 @@ def train(design: str, sets: list[str], threads: int) -> dict:
             "reports": [{k: r[k] for k in KEEP if k in r} for r in reports]}
 
 
+TEST_KEYS = ("score", "accuracy", "format_error_rate", "distinct_predictions", "baseline_fixed", "baseline_empty",
+             "n_eval")
+
+
+def score_test(task: Any, design: Any, ckpt: str, threads: int, hparams: dict | None, folder: Path) -> dict:
+    """A checkpoint on test_id: its scores and the paired bootstrap of its margin over the fixed answer."""
+    from sde_search import report
+    from sde_search import train as trainer
+
+    texts: dict[str, list[str]] = {}
+    test = trainer.evaluate_checkpoint(task, design, hparams, ckpt, splits=("test_id",), threads=threads,
+                                       outputs=texts)[0]
+    report.save_outputs(folder / "outputs" / "design.test_id.jsonl", task, design, "test_id", texts["test_id"])
+    diff = report.versus_fixed(task, folder, "design", "test_id")
+    return {"test": {k: test[k] for k in TEST_KEYS if k in test},
+            "versus_fixed": {"delta": diff.delta, "low": diff.low, "high": diff.high, "records": diff.records}}
+
+
 def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
     """Trains ``design`` (checkpoints in ``out``), then scores the last one on test_id against the fixed answer."""
-    from sde_search import analysis, config
+    from sde_search import config
     from sde_search import train as trainer
-    from sde_search.render import parse
 
     task = config.load_task(ROOT / TASK, sets)
     d = parse_design(design)
@@ -84,30 +104,44 @@ def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
     trainer.fit(task, d, None, report=lambda m, _p: reports.append({k: m[k] for k in KEEP if k in m}),
                 checkpoint_dir=str(out), threads=threads)
     ckpt = str(sorted(out.glob("report-*"))[-1])
-    texts: dict[str, list[str]] = {}
-    test = trainer.evaluate_checkpoint(task, d, None, ckpt, splits=("test_id",), threads=threads, outputs=texts)[0]
-    records = task.splits["test_id"]
-    slots = task.slots_for("test_id")
-    golds = [task.gold(r, "test_id") for r in records]
-    preds = [parse(t, d, task).answer for t in texts["test_id"]]
-    fixed = task.fixed_answer("test_id")
-    kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
-
-    def score(idx: Sequence[int]) -> tuple[float, float]:
-        g = [golds[i] for i in idx]
-        return (task.kind.score(g, [preds[i] for i in idx], **kw)["kappa"],
-                task.kind.score(g, [fixed] * len(g), **kw)["kappa"])
-
-    diff = analysis.paired_bootstrap(score, len(golds), samples=1000)
     return {"design": design, "sets": sets, "wall_s": time.monotonic() - start, "reports": reports,
-            "test": {k: test[k] for k in ("score", "accuracy", "format_error_rate", "distinct_predictions",
-                                          "baseline_fixed", "baseline_empty", "n_eval") if k in test},
-            "versus_fixed": {"delta": diff.delta, "low": diff.low, "high": diff.high, "records": diff.records}}
+            **score_test(task, d, ckpt, threads, None, out)}
+
+
+def penalty(store: dict, checkpoints: Path, threads: int) -> None:
+    """The regime's final checkpoints decoded on test_id with and without the paper's repetition penalty 1.1."""
+    from sde_search import config
+
+    for row in [r for r in store["regime"] if "error" not in r]:
+        folder = checkpoints / row["design"]
+        if not folder.is_dir():
+            print(f"{folder}: no checkpoints (pass the regime's work dir, sde-regime-*)", file=sys.stderr)
+            continue
+        task, d = config.load_task(ROOT / TASK, row["sets"]), parse_design(row["design"])
+        ckpt = str(sorted(folder.glob("report-*"))[-1])
+        for value in (1.0, 1.1):
+            start = time.monotonic()
+            result = score_test(task, d, ckpt, threads, {"repetition_penalty": value}, folder)
+            store["penalty"].append({"design": row["design"], "sets": row["sets"], "repetition_penalty": value,
+                                     "wall_s": time.monotonic() - start, **result})
+            save(store)
+            print(f"{row['design']} penalty {value}: {result['test']}", flush=True)
+
+
+def penalty_table(rows: list[dict]) -> list[str]:
+    lines = ["| design | repetition penalty | test kappa | accuracy | format err | distinct | test - fixed (95 % CI) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, v = r["test"], r["versus_fixed"]
+        lines.append(f"| {r['design']} | {r['repetition_penalty']:g} | {t['score']:.3f} | {t['accuracy']:.3f} | "
+                     f"{t['format_error_rate']:.0%} | {t['distinct_predictions']:.0f} | {v['delta']:+.3f} "
+                     f"({v['low']:+.3f} to {v['high']:+.3f}) |")
+    return lines
 
 
 def load() -> dict:
     store = json.loads(STORE.read_text()) if STORE.exists() else {}
-    return {"sweep": [], "one_factor": [], "regime": [], **store}
+    return {"sweep": [], "one_factor": [], "regime": [], "penalty": [], **store}
 
 
 def save(store: dict) -> None:
@@ -238,6 +272,8 @@ def table(store: dict) -> None:
     lines += one_factor_table(store["one_factor"]) if store["one_factor"] else ["(not run yet)"]
     lines += ["", "## Regime: more data and steps, scored on held-out test records", ""]
     lines += regime_table(store["regime"]) if store["regime"] else ["(not run yet)"]
+    lines += ["", "## Decoding: the paper's repetition penalty 1.1 against none (regime checkpoints, test_id)", ""]
+    lines += penalty_table(store["penalty"]) if store["penalty"] else ["(not run yet)"]
     notes = RESULTS / "real_mams_smollm2_notes.md"
     if notes.exists():
         lines += ["", *notes.read_text().splitlines()]
@@ -246,7 +282,7 @@ def table(store: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["sweep", "one_factor", "regime", "regime_job", "table"])
+    parser.add_argument("phase", choices=["sweep", "one_factor", "regime", "regime_job", "penalty", "table"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -256,6 +292,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4, help="regime: learning rate")
     parser.add_argument("--test", type=int, default=200, help="regime: held-out test records")
     parser.add_argument("--regime-designs", nargs="+", default=["paper_baseline", "es_sde"])
+    parser.add_argument("--checkpoints", type=Path, help="penalty: the regime's work dir (sde-regime-*)")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # regime_job: JSON of (design, sets, threads, out)
     args = parser.parse_args()
     if args.phase == "regime_job":
@@ -270,6 +307,8 @@ def main() -> None:
         run_all(jobs, args.parallel, store, "sweep")
     elif args.phase == "regime":
         run_regime(args, store)
+    elif args.phase == "penalty":
+        penalty(store, args.checkpoints, threads=2)
     elif args.phase == "one_factor":
         jobs = [(ONE_FACTOR[name], [f"train.seed={seed}"], {"name": name, "seed": seed})
                 for seed in args.seeds for name in args.designs]
