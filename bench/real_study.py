@@ -6,10 +6,11 @@ gains over ES-SDE and the paper baseline with bootstrap intervals, option effect
 naming the machine, the command and the wall time. The run folder itself (checkpoints) stays in a temp dir.
 
 Usage: python bench/real_study.py examples/real/mams_acsa.yaml [--space search_spaces/sde_core.yaml]
-       [--trials 24] [--set KEY=VALUE ...] [--rebuild RUNS_DIR]
+       [--trials 24] [--set KEY=VALUE ...] [--out NAME] [--rebuild RUNS_DIR]
 
-``--rebuild RUNS_DIR`` re-renders the report of a finished study run there (``sde-search report``) and publishes
-it again, without training.
+``--out NAME`` names the results file and figure folder (default ``real_<task>``). ``--rebuild RUNS_DIR``
+re-renders the report of a finished study run there (``sde-search report``) and publishes it again, without
+training.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rebuild", metavar="RUNS_DIR", help="Publish the report of a finished run again.")
+    parser.add_argument("--out", metavar="NAME", help="Results name (default real_<task>; the run folder keeps "
+                        "real_<task>).")
     args = parser.parse_args()
     task = Path(args.task)
     if not (ROOT / task).exists() and not task.exists():
@@ -54,16 +57,17 @@ def main() -> None:
         subprocess.run([*cli, *command[1:], "--runs-dir", str(runs), "--name", name], cwd=ROOT, check=True)
         wall = time.monotonic() - start
     report = (runs / name / "report.md").read_text()
-    plots = RESULTS / name
+    out = args.out or name
+    plots = RESULTS / out
     shutil.rmtree(plots, ignore_errors=True)
     shutil.copytree(runs / name / "plots", plots, ignore=shutil.ignore_patterns("*.html", "*.js"))
     lines = [f"# Real-data study: {task.stem}", "",
              f"Machine: {machine()}. Command: `{' '.join(command)}`. "
              f"Wall {wall / 60:.1f} min{'' if args.rebuild else ' including test scoring'}. "
              f"PNGs in `{plots.relative_to(ROOT)}/`.", "",
-             *[line.replace("](plots/", f"]({name}/") for line in report.splitlines()
+             *[line.replace("](plots/", f"]({out}/") for line in report.splitlines()
                if not line.startswith("- interactive:")]]  # the Optuna HTML stays with the run (plotly.js is large)
-    publish(f"{name}.md", lines)
+    publish(f"{out}.md", lines)
 
 
 if __name__ == "__main__":

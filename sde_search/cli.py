@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="Rebuild the report (markdown + plots) of a finished search.")
     r.add_argument("run", help="Run name (under --runs-dir) or run folder.")
     r.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    r.add_argument("--rescore", action="store_true",
+                   help="Score the winner, ES-SDE and the baseline on the test sets again (from their checkpoints; "
+                        "a stopped preset is retrained), e.g. after that step failed.")
     e = sub.add_parser("export", help="Write a design and the task's data rendered in it (JSONL).")
     e.add_argument("run", help="Run name (under --runs-dir) or run folder.")
     e.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
@@ -206,6 +209,8 @@ def _after_search(args: argparse.Namespace) -> int:
 
     run_info = search.RunInfo.load(folder)
     if args.command == "report":
+        if args.rescore:
+            report.rescore(folder, task, space)
         print(report.build(folder, task, space))
         return 0
     from sde_search import robust

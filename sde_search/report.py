@@ -122,6 +122,21 @@ def test_scores(task: Task, rows: Sequence[TrialRow], winner: TrialRow | None, r
     return out
 
 
+def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, dict[str, Any]]:
+    """``sde-search report RUN --rescore``: the test scoring of :func:`finish` again, into ``tests.json``.
+
+    Nothing else runs then, so it uses every CPU core (the search's own scoring used one trial's share).
+    """
+    rows = analysis.load_rows(run_dir / "trials.json")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
+    import os
+
+    tests = test_scores(task, rows, winner, run_dir, threads=max(1, int(space.resources.cpu), os.cpu_count() or 1))
+    (run_dir / "tests.json").write_text(json.dumps(tests, indent=1))
+    return tests
+
+
 def save_outputs(path: Path, task: Task, design: Design, split: str, texts: Sequence[str]) -> None:
     """One JSON line per record: id, gold, generation, parsed answer and format errors."""
     path.parent.mkdir(parents=True, exist_ok=True)
