@@ -214,7 +214,9 @@ def importances(rows: Sequence[TrialRow], space: SpaceConfig, metric: str) -> tu
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) and not math.isnan(v) else ("-" if isinstance(v, float) else str(v))
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{round(v, 3) + 0.0:.3f}"  # never "-0.000"
+    return str(v)
 
 
 def _table(header: Sequence[str], lines: Sequence[Sequence[Any]]) -> list[str]:

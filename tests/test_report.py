@@ -6,6 +6,7 @@ All run against the session's small real search (``small_search`` in conftest.py
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,23 @@ def test_report_command_rebuilds_the_same_report(small_search):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (runs / "it" / "report.md").read_text() == before
     assert "## Leaderboard" in proc.stdout
+
+
+def test_report_rescore_scores_the_test_sets_again(small_search, tmp_path):
+    runs, _ = small_search
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / "it", copy / "it")  # its checkpoints stay where the search wrote them
+    before = json.loads((copy / "it" / "tests.json").read_text())
+    (copy / "it" / "tests.json").write_text("{}")  # as if the search's test scoring had failed
+    shutil.rmtree(copy / "it" / "outputs")
+    proc = _sde("report", "it", "--runs-dir", str(copy), "--rescore", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads((copy / "it" / "tests.json").read_text())
+    assert set(after) == set(before) == {"winner", "es_sde", "paper_baseline"}
+    assert after["winner"]["scores"]["score"] == pytest.approx(before["winner"]["scores"]["score"], abs=0.05)
+    assert (copy / "it" / "outputs" / "winner.test_id.jsonl").exists()
+    text = (copy / "it" / "report.md").read_text()
+    assert "winner vs the fixed answer, ID:" in text and "failed:" not in text
 
 
 def test_report_of_a_missing_run_is_a_clear_error(small_search):
