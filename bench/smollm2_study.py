@@ -19,7 +19,7 @@ sessions); every call rewrites ``bench/results/real_mams_smollm2.md`` from it.
 
 Usage: python bench/smollm2_study.py sweep [--lrs 1e-4 3e-4] [--epochs 3]
        python bench/smollm2_study.py one_factor [--seeds 0 1] [--designs ...] [--parallel 2]
-       python bench/smollm2_study.py regime [--records 800] [--lr 2e-4] [--epochs 2] [--designs es_sde ...]
+       python bench/smollm2_study.py regime [--records 800] [--lr 2e-4] [--epochs 2] [--regime-designs es_sde ...]
        python bench/smollm2_study.py penalty --checkpoints /tmp/sde-regime-XXXX
        python bench/smollm2_study.py table
 """
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -148,14 +149,20 @@ def save(store: dict) -> None:
     STORE.write_text(json.dumps(store, indent=1) + "\n")
 
 
-def run_all(jobs: list[tuple[str, list[str], dict]], parallel: int, store: dict, phase: str) -> None:
-    """Runs (design, sets, tags) jobs ``parallel`` at once (2 threads split between them), saving each result."""
+def run_all(jobs: list[tuple[str, list[str], dict]], parallel: int, store: dict, phase: str,
+            work: Callable[[str, list[str], int], dict] | None = None) -> None:
+    """Runs (design, sets, tags) jobs ``parallel`` at once (2 threads split between them), saving each result.
+
+    ``work(design, sets, threads)`` runs one job (default: ``sde-search train``).
+    """
     threads = max(1, 2 // parallel)
 
     def one(job: tuple[str, list[str], dict]) -> None:
         design, sets, tags = job
-        store[phase].append(train(design, sets, threads) | tags | {"machine": machine(), "parallel": parallel})
+        row = (work or train)(design, sets, threads)
+        store[phase].append(row | tags | {"machine": machine(), "parallel": parallel})
         save(store)
+        print(f"{design}: {row.get('test', row.get('error', 'done'))}", flush=True)
 
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(one, jobs))
@@ -165,25 +172,19 @@ def run_regime(args: argparse.Namespace, store: dict) -> None:
     """Each design of ``--regime-designs`` in its own process (``parallel`` at once), results saved as they end."""
     sets = [f"data.max_train={args.records}", f"train.lr={args.lr}", f"train.epochs={args.epochs}",
             "train.reports_per_epoch=1", "train.report_eval_size=60", f"data.max_test={args.test}"]
-    threads = max(1, 2 // args.parallel)
-    work = Path(tempfile.mkdtemp(prefix="sde-regime-"))
+    folder = Path(tempfile.mkdtemp(prefix="sde-regime-"))
 
-    def one(design: str) -> None:
-        job = json.dumps([design, sets, threads, str(work / design)])
-        proc = subprocess.run([sys.executable, __file__, "regime_job", "--job", job], cwd=ROOT, capture_output=True,
+    def job(design: str, job_sets: list[str], threads: int) -> dict:
+        spec = json.dumps([design, job_sets, threads, str(folder / design)])
+        proc = subprocess.run([sys.executable, __file__, "regime_job", "--job", spec], cwd=ROOT, capture_output=True,
                               text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
-            row = {"design": design, "error": proc.stderr.strip().splitlines()[-1:]}
-        else:
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-        store["regime"].append(row | {"records": args.records, "lr": args.lr, "machine": machine(),
-                                      "parallel": args.parallel})
-        save(store)
-        print(f"{design}: {row.get('test', row.get('error'))}", flush=True)
+            return {"design": design, "error": proc.stderr.strip().splitlines()[-1:]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    with ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(one, args.regime_designs))
+    jobs = [(design, sets, {"records": args.records, "lr": args.lr}) for design in args.regime_designs]
+    run_all(jobs, args.parallel, store, "regime", work=job)
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

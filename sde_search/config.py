@@ -293,15 +293,10 @@ class Task:
         """The record's answer on the split's slots."""
         return self.kind.gold(record, self.slots_for(split), self.unmentioned)
 
-    @property
-    def empty_value(self) -> tuple[str, ...]:
-        """The value of a slot with nothing in it: ``()`` for multi-valued types, else ``(unmentioned,)``."""
-        return () if self.kind.multi_valued else (self.unmentioned,)
-
     def fixed_answer(self, split: str) -> dict[str, tuple[str, ...]]:
         """The trivial "fixed answer" for a split: each of its slots' most common value in the training set."""
         return metrics.most_common_answer([self.gold(r, split) for r in self.splits["train"]], self.slots_for(split),
-                                          placeholder=self.empty_value)
+                                          placeholder=self.kind.empty(self.unmentioned))
 
 
 def _as_list(value: Any) -> list[Any]:

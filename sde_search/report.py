@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -130,8 +131,6 @@ def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, dict[str
     rows = analysis.load_rows(run_dir / "trials.json")
     summary = json.loads((run_dir / "summary.json").read_text())
     winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
-    import os
-
     tests = test_scores(task, rows, winner, run_dir, threads=max(1, int(space.resources.cpu), os.cpu_count() or 1))
     (run_dir / "tests.json").write_text(json.dumps(tests, indent=1))
     return tests

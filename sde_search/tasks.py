@@ -71,9 +71,13 @@ class TaskType:
         """Builds a record from one JSON object; raises KeyError/TypeError/ValueError on a bad shape."""
         raise NotImplementedError
 
+    def empty(self, unmentioned: str) -> tuple[str, ...]:
+        """The value of a slot with nothing in it: ``()`` for multi-valued types, else ``(unmentioned,)``."""
+        return () if self.multi_valued else (unmentioned,)
+
     def gold(self, record: Record, slots: Sequence[str], unmentioned: str) -> dict[str, tuple[str, ...]]:
         """The record's answer restricted to ``slots``, empty slots filled (MASA: with ``unmentioned``)."""
-        empty = (unmentioned,) if not self.multi_valued else ()
+        empty = self.empty(unmentioned)
         return {s: tuple(record.answer.get(s, empty)) or empty for s in slots}
 
     def is_empty(self, values: Sequence[str], unmentioned: str) -> bool:

@@ -411,7 +411,7 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
     values = task.config.labels.values
     score = task.kind.score(es.golds, [p.answer for p in parsed], slots=slots, values=values,
                             unmentioned=task.unmentioned)
-    empty = task.empty_value
+    empty = task.kind.empty(task.unmentioned)
     fixed = task.fixed_answer(es.split)
     n = len(es.golds)
     trivial = {
