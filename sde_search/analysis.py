@@ -1,4 +1,4 @@
-"""What a finished search says: trial rows, option effects, the ID/OOD Pareto front, paired bootstrap.
+"""What a finished search says: trial rows, option effects, the ID/OOD Pareto front, search cost.
 
 Pure core: no torch, Ray or MLflow. ``report.py`` turns these numbers into markdown and plots, the
 notebook calls them directly on ``trials.json``.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +67,13 @@ def load_rows(path: Path) -> list[TrialRow]:
 
 
 def full_budget(rows: Sequence[TrialRow], metric: str) -> list[TrialRow]:
-    """Trials that reached the full budget with a score, best first."""
-    full = [r for r in rows if r.status == "full" and not math.isnan(r.value(metric))]
+    """Trials that reached the full budget with a measured score, best first.
+
+    An OOD score whose split was degenerate (``measured_ood`` 0: constant predictions or all format errors)
+    measures nothing and does not count.
+    """
+    full = [r for r in rows if r.status == "full" and not math.isnan(r.value(metric))
+            and not (metric.endswith("_ood") and r.value("measured_ood") == 0)]
     return sorted(full, key=lambda r: -r.value(metric))
 
 
@@ -85,13 +89,35 @@ class Effect:
 
 
 def option_effects(rows: Sequence[TrialRow], metric: str) -> list[Effect]:
-    """Mean, spread and count of the metric per value of each design dimension that varied."""
-    full = full_budget(rows, metric)
+    """Mean, spread and count of the metric per value of each design dimension that varied (full-budget trials)."""
+    return _effects([(r.design, r.value(metric)) for r in full_budget(rows, metric)])
+
+
+def effects_at_common_report(rows: Sequence[TrialRow], metric: str) -> tuple[int, list[Effect]]:
+    """Option effects over every trial, stopped ones included, at the last report all of them reached.
+
+    Returns:
+        (that report's number, the effects); (0, []) when a trial has no history.
+    """
+    scored = [r for r in rows if r.status != "failed"]
+    reached = [int(max((h.get("report", 0) for h in r.history), default=0)) for r in scored]
+    if not scored or min(reached) < 1:
+        return 0, []
+    at = min(reached)
+    points = []
+    for r in scored:
+        value = next((h.get(metric, math.nan) for h in r.history if int(h.get("report", 0)) == at), math.nan)
+        if not math.isnan(value):
+            points.append((r.design, value))
+    return at, _effects(points)
+
+
+def _effects(points: Sequence[tuple[Design, float]]) -> list[Effect]:
     effects = []
     for dim in DIMENSIONS:
         groups: dict[str, list[float]] = {}
-        for r in full:
-            groups.setdefault(str(getattr(r.design, dim)), []).append(r.value(metric))
+        for design, value in points:
+            groups.setdefault(str(getattr(design, dim)), []).append(value)
         if len(groups) < 2:
             continue
         for value, scores in sorted(groups.items(), key=lambda kv: -statistics.fmean(kv[1])):
@@ -101,49 +127,14 @@ def option_effects(rows: Sequence[TrialRow], metric: str) -> list[Effect]:
 
 
 def pareto_front(rows: Sequence[TrialRow], x: str = "score", y: str = "score_ood") -> list[TrialRow]:
-    """Full-budget trials not dominated on (x, y), both maximised; sorted by x descending."""
-    points = [r for r in full_budget(rows, x) if not math.isnan(r.value(y))]  # already sorted by x
+    """Full-budget trials not dominated on (x, y), both maximised; sorted by x descending.
+
+    Only trials whose OOD split is measured count (a degenerate split's score of 0 is no point on a front).
+    """
+    points = [r for r in full_budget(rows, x) if not math.isnan(r.value(y)) and r.value("measured_ood") != 0]
     return [r for r in points
             if not any(o.value(x) >= r.value(x) and o.value(y) >= r.value(y) and
                        (o.value(x) > r.value(x) or o.value(y) > r.value(y)) for o in points)]
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A paired bootstrap of the score difference a - b over the same records."""
-
-    delta: float
-    low: float
-    high: float
-    samples: int
-    records: int
-
-    @property
-    def significant(self) -> bool:
-        """True when the 95 % interval excludes zero."""
-        return self.low > 0 or self.high < 0
-
-
-def paired_bootstrap(score: Callable[[Sequence[int]], tuple[float, float]], n_records: int, *, samples: int = 1000,
-                     seed: int = 0) -> Difference:
-    """95 % percentile interval of ``a - b`` when the records are resampled with replacement.
-
-    Args:
-        score: given record indices, returns the scores (a, b) of both designs on those records.
-        n_records: how many records were scored.
-        samples: bootstrap resamples.
-        seed: seed of the resampling.
-    """
-    a, b = score(range(n_records))
-    rng = random.Random(seed)
-    deltas = []
-    for _ in range(samples):
-        idx = [rng.randrange(n_records) for _ in range(n_records)]
-        sa, sb = score(idx)
-        deltas.append(sa - sb)
-    deltas.sort()
-    return Difference(a - b, deltas[int(0.025 * samples)], deltas[min(samples - 1, int(0.975 * samples))], samples,
-                      n_records)
 
 
 def search_cost(rows: Sequence[TrialRow], steps_per_trial: int, space_size: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ traceback), 1 anything else. ``--check`` imports no torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
+    _show_progress()
     if args.command is None:
         build_parser().print_help()
         return 0
@@ -107,6 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 1
+
+
+def _show_progress() -> None:
+    """Library modules log their progress (the seed stage's runs, say); the command shows it on stdout."""
+    logger = logging.getLogger("sde_search")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -247,6 +260,8 @@ def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequenc
                                              if task.ood_slots != task.slots else ""))
     print(f"space {space_path.name}: {space.size()} designs; budget {space.budget.num_samples} trials, "
           f"{space.budget.max_concurrent} at once; objective {task.config.objective}")
+    if task.kappa_note():
+        print(f"note: {task.kappa_note()}")
     record = task.splits["train"][0]
     designs = {"paper_baseline": PAPER_BASELINE, "es_sde": ES_SDE}
     designs.update({d.short(): d for d in extra})

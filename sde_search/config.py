@@ -133,6 +133,15 @@ class TrainConfig(_Strict):
         return math.ceil(records / self.batch_size)
 
 
+class MetricsConfig(_Strict):
+    """How scores are computed."""
+
+    kappa_weights: list[list[float]] | None = Field(None, description=(
+        "Aspect sentiment: agreement weights of the weighted kappa, one row per gold label and one column per "
+        "predicted label, both in the order labels.values + [labels.unmentioned]. Default: the paper's matrix "
+        "when the labels are its four (positive, neutral, negative, unmentioned), else plain (unweighted) kappa."))
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking."""
 
@@ -141,6 +150,8 @@ class TrackingConfig(_Strict):
 
 
 Objective = Literal["id", "ood", "mean", "pareto"]
+OBJECTIVE_METRIC = {"id": "score", "ood": "score_ood", "mean": "score_mean", "pareto": "score"}
+"""The trial metric each objective ranks by (pareto: ID for ASHA and the winner; the report adds the front)."""
 
 
 PRETRAINED_TRAIN: dict[str, Any] = {
@@ -166,6 +177,7 @@ class TaskConfig(_Strict):
     train: TrainConfig = TrainConfig()
     objective: Objective = Field("id", description="id | ood | mean | pareto.")
     search_space: str | None = Field(None, description="Search-space YAML (relative to this file).")
+    metrics: MetricsConfig = MetricsConfig()
     tracking: TrackingConfig = TrackingConfig()
     plugins: list[str] = Field([], description="Modules to import (they may register task types).")
 
@@ -219,6 +231,10 @@ class AshaConfig(_Strict):
     enabled: bool = True
     grace_period: int = Field(2, ge=1)
     reduction_factor: int = Field(2, ge=2)
+    defer_until: int | None = Field(None, ge=1, description=(
+        "Up to this report, a result that measures nothing (one distinct answer, or all format errors) is "
+        "neither cut nor counted at a rung: the trial goes on until it shows a measured score. Default: max_t "
+        "(never cut on a constant answer)."))
 
 
 class BudgetConfig(_Strict):
@@ -227,6 +243,10 @@ class BudgetConfig(_Strict):
     num_samples: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its last checkpoint.")
+    seeds: int = Field(3, ge=1, description="Training seeds per design in the seed stage after the search "
+                       "(1: each design trained and scored once).")
+    seed_top: int = Field(3, ge=0, description="How many of the search's best distinct full-budget designs "
+                          "the seed stage retrains, besides ES-SDE and the paper baseline.")
 
 
 class ResourcesConfig(_Strict):
@@ -292,6 +312,28 @@ class Task:
     def gold(self, record: tasks.Record, split: str) -> dict[str, tuple[str, ...]]:
         """The record's answer on the split's slots."""
         return self.kind.gold(record, self.slots_for(split), self.unmentioned)
+
+    def ood_measurable(self, design: Design) -> bool:
+        """Whether a design gets an OOD score: a No-inst prompt names no slots, so it cannot ask for OOD ones."""
+        return design.instruction != "none" or self.ood_slots == self.slots
+
+    def score(self, golds: Sequence[tasks.Answer], preds: Sequence[tasks.Answer], split: str) -> dict[str, float]:
+        """Scores predictions of a split (its slots, the labels, ``metrics.kappa_weights``); adds ``score``."""
+        weights = self.config.metrics.kappa_weights
+        out = self.kind.score(golds, preds, slots=self.slots_for(split), values=self.config.labels.values,
+                              unmentioned=self.unmentioned, **({"weights": weights} if weights else {}))
+        return {**out, "score": out[self.kind.score_key]}
+
+    def kappa_note(self) -> str:
+        """A visible note when kappa is unweighted because the label set is not the paper's four; else ``""``."""
+        if self.kind.score_key != "kappa" or self.config.metrics.kappa_weights:
+            return ""
+        order = [*self.config.labels.values, self.unmentioned]
+        if metrics.kappa_weights(order) is not None:
+            return ""
+        return (f"kappa is unweighted: the labels {order} are not the paper's four "
+                f"({', '.join(metrics.PAPER_LABELS)}); set metrics.kappa_weights in {self.path.name} to weight "
+                "near-misses")
 
     def fixed_answer(self, split: str) -> dict[str, tuple[str, ...]]:
         """The trivial "fixed answer" for a split: each of its slots' most common value in the training set."""
@@ -593,6 +635,13 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
     shared = sorted({c for c in codes if codes.count(c) > 1})
     if shared:
         problems.append(f"{path}: labels.numbers: codes {shared} are given to several labels; codes must differ")
+    weights = config.metrics.kappa_weights
+    size = len(all_labels)
+    if weights is not None and (kind.multi_valued or len(weights) != size or any(len(r) != size for r in weights)):
+        problems.append(f"{path}: metrics.kappa_weights: " + (
+            f"only aspect_sentiment tasks are scored by kappa, not {config.type}" if kind.multi_valued else
+            f"{len(weights)} rows of lengths {[len(r) for r in weights]}, but {size} labels need a {size} x {size} "
+            f"matrix (rows = gold, columns = prediction, order {all_labels})"))
     for slot_list in ("slots", "ood_slots"):
         items = getattr(labels, slot_list) or []
         dup = sorted({s for s in items if items.count(s) > 1})

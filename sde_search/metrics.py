@@ -99,12 +99,14 @@ def _label(answer: Answer, slot: str, unmentioned: str) -> str:
 
 
 def aspect_scores(
-    golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str], labels: Sequence[str], unmentioned: str
+    golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str], labels: Sequence[str], unmentioned: str,
+    weights: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Accuracy and pooled weighted kappa for aspect sentiment.
 
     Every (sample, slot) pair is pooled into one confusion; a slot missing (or empty) in an answer counts as
-    ``unmentioned``. Kappa uses :func:`kappa_weights` for the label order ``list(labels) + [unmentioned]``.
+    ``unmentioned``. Kappa uses ``weights`` when given, else :func:`kappa_weights` for the label order
+    ``list(labels) + [unmentioned]`` (plain kappa for a label set other than the paper's four).
 
     Args:
         golds: Gold answers, one label per slot.
@@ -112,6 +114,7 @@ def aspect_scores(
         slots: The slots (aspects) scored.
         labels: The sentiment labels, without ``unmentioned``.
         unmentioned: The label of an aspect the text does not mention.
+        weights: Agreement weights in the order ``list(labels) + [unmentioned]`` (rows = gold), or None.
 
     Returns:
         ``{"accuracy": correct pairs / (samples x slots), "kappa": weighted kappa}``; both NaN when nothing
@@ -123,7 +126,8 @@ def aspect_scores(
     ]
     order = [*labels, unmentioned]
     accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else math.nan
-    return {"accuracy": accuracy, "kappa": weighted_kappa(pairs, order, kappa_weights(order))}
+    w = [list(row) for row in weights] if weights is not None else kappa_weights(order)
+    return {"accuracy": accuracy, "kappa": weighted_kappa(pairs, order, w)}
 
 
 def _spans(answer: Answer) -> list[tuple[str, str]]:
@@ -187,6 +191,24 @@ def span_scores(golds: Sequence[Answer], preds: Sequence[Answer], *, containment
     return scores
 
 
+def exact_match(golds: Sequence[Answer], preds: Sequence[Answer]) -> float:
+    """Share of records whose predicted (type, name) set equals the gold one (lowercased, stripped).
+
+    The accuracy of span tasks: the empty answer scores the share of records with nothing to find.
+
+    Args:
+        golds: Gold answers, type -> names.
+        preds: Predicted answers, aligned with ``golds``.
+
+    Returns:
+        The share in [0, 1]; NaN when there are no records.
+    """
+    _check_lengths(golds, preds)
+    if not golds:
+        return math.nan
+    return sum(set(_spans(g)) == set(_spans(p)) for g, p in zip(golds, preds, strict=True)) / len(golds)
+
+
 def most_common_answer(train: Sequence[Answer], slots: Sequence[str], *, placeholder: tuple[str, ...]) -> Answer:
     """The "fixed answer" baseline: each slot's most common value tuple in the training answers.
 
@@ -227,3 +249,18 @@ def format_error_rate(errors: Sequence[Sequence[str]]) -> float:
         The share in [0, 1]; NaN when there are no samples.
     """
     return sum(bool(kinds) for kinds in errors) / len(errors) if errors else math.nan
+
+
+def repair_rate(flags: Sequence[bool]) -> float:
+    """Share of samples whose parse needed a repair (``Parsed.repaired``).
+
+    A repair is a key or label read leniently (another case, a synonym, a slot keyword, ``+1`` for ``1``) or a
+    unit rescued from broken syntax; see README "How generations are parsed".
+
+    Args:
+        flags: Per sample, whether its parse repaired something.
+
+    Returns:
+        The share in [0, 1]; NaN when there are no samples.
+    """
+    return sum(map(bool, flags)) / len(flags) if flags else math.nan

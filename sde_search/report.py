@@ -1,12 +1,13 @@
-"""From a finished search to a decision: winner, held-out test scores, report, plots.
+"""From a finished search to a decision: the seed stage, the verdict, the report, plots.
 
-Selection vs reporting: trials are compared on ``eval_*`` and the winner is chosen only among
-trials that reached the full budget (ASHA-stopped trials reach Optuna as COMPLETE with a partial
-value, PITFALLS 3). The winner, ES-SDE and the paper's baseline are then scored once on
-``test_*``, which the search never saw, and compared with a paired bootstrap over test records.
+Selection vs reporting: trials are compared on ``eval_*``, and only full-budget trials count (a stopped
+trial's partial score is never a final one). The best few designs, ES-SDE and the paper's baseline then go
+through the seed stage (:mod:`sde_search.seeds`): several training seeds each, the winner chosen by its mean
+eval score among designs that read the input, and judged on ``test_*``, which the search never saw, with
+intervals over test records and seeds together (:mod:`sde_search.verdicts`).
 
-A run folder holds everything the report needs (``trials.json``, ``tests.json``,
-``summary.json``, ``outputs/``), so ``sde-search report RUN`` rebuilds it without Ray or training.
+A run folder holds everything the report needs (``trials.json``, ``verdict.json``, ``summary.json``,
+``seeds/``, ``outputs/``), so ``sde-search report RUN`` rebuilds it without Ray or training.
 """
 
 from __future__ import annotations
@@ -15,25 +16,27 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
-import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sde_search import analysis, plots, tracking
+from sde_search import analysis, plots, seeds, tracking, verdicts
 from sde_search.analysis import TrialRow
-from sde_search.config import SpaceConfig, Task
-from sde_search.design import ES_SDE, PAPER_BASELINE, Design
+from sde_search.config import OBJECTIVE_METRIC, SpaceConfig, Task
+from sde_search.design import Design
 from sde_search.render import parse, render
 from sde_search.sampler import optuna_space
 
 if TYPE_CHECKING:
     from sde_search.search import RunInfo
 
-HISTORY_KEYS = ("report", "step", "score", "score_ood", "format_error_rate", "train_loss")
+HISTORY_KEYS = ("report", "step", "score", "score_ood", "format_error_rate", "train_loss", "accuracy",
+                "accuracy_fixed", "baseline_fixed", "distinct_predictions", "measured")
 
 
 # ---------------------------------------------------------------- from Tune to rows
@@ -70,70 +73,45 @@ def _error_text(error: Any) -> str:
 
 
 def pick_winner(rows: Sequence[TrialRow], metric: str) -> TrialRow | None:
-    """Best full-budget trial; ties: fewer format errors, then less training time."""
+    """Best full-budget trial (its hyper-parameters go to the seed stage); ties: less training time.
+
+    Format errors break no tie: under ``placeholder`` a missing slot is an error that ``omit`` cannot make.
+    """
     full = analysis.full_budget(rows, metric)
     if not full:
         return None
-    return max(full, key=lambda r: (round(r.value(metric), 6), -r.value("format_error_rate"), -r.value("train_s")))
+    return max(full, key=lambda r: (round(r.value(metric), 6), -r.value("train_s")))
 
 
-# ---------------------------------------------------------------- held-out test sets
+# ---------------------------------------------------------------- the seed stage and held-out test sets
 
 
-def _find(rows: Sequence[TrialRow], design: Design) -> TrialRow | None:
-    return next((r for r in rows if r.design == design and r.status == "full"), None)
+def final_stage(task: Task, space: SpaceConfig, rows: Sequence[TrialRow], best: TrialRow | None, run_dir: Path,
+                *, workers: int, threads: int, redo: bool = False) -> dict[str, Any]:
+    """Runs the seed stage (:mod:`sde_search.seeds`), writes ``verdict.json`` and the winner's ``outputs/``.
 
-
-def test_scores(task: Task, rows: Sequence[TrialRow], winner: TrialRow | None, run_dir: Path,
-                threads: int = 1) -> dict[str, dict[str, Any]]:
-    """Scores the winner, ES-SDE and the baseline once on the test splits; keeps their generations.
-
-    A preset that ASHA stopped is retrained at full budget first. Generations go to
-    ``outputs/<name>.<split>.jsonl`` (the notebook's error analysis and the bootstrap read them).
+    Args:
+        task: The loaded task.
+        space: The search space (``budget.seeds``, ``budget.seed_top``).
+        rows: The search's trials.
+        best: The best full-budget trial: its hyper-parameters are every candidate's.
+        run_dir: The run folder.
+        workers: Runs trained at once.
+        threads: torch threads per run.
+        redo: Score every run again (``report --rescore``), instead of keeping finished ones.
     """
-    if not any(s in task.splits for s in ("test_id", "test_ood")):
-        return {}
-    from sde_search import train
-
-    out: dict[str, dict[str, Any]] = {}
-    wanted = {"winner": winner.design if winner else None, "es_sde": ES_SDE, "paper_baseline": PAPER_BASELINE}
-    for name, design in wanted.items():
-        if design is None:
-            continue
-        row = winner if name == "winner" else _find(rows, design)
-        hparams = row.hparams if row else {}
-        try:
-            if row and row.checkpoint:
-                ckpt, how = row.checkpoint, f"trial {row.trial_id}"
-            else:
-                print(f"retraining {name} ({design.short()}) at full budget for the test comparison", flush=True)
-                tmp = tempfile.mkdtemp(prefix="sde-final-")
-                train.fit(task, design, hparams, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
-                ckpt, how = str(sorted(Path(tmp).glob("report-*"))[-1]), "retrained"
-            generations: dict[str, list[str]] = {}
-            scores = train.evaluate_checkpoint(task, design, hparams, ckpt, threads=threads, outputs=generations)[0]
-        except Exception as exc:  # noqa: BLE001 - one failed comparison must not lose the search's report
-            print(f"warning: test scoring of {name} failed: {exc}", file=sys.stderr, flush=True)
-            out[name] = {"design": design.to_params(), "hparams": hparams, "scores": {},
-                         "source": f"failed: {str(exc)[:200]}"}
-            continue
-        for split, texts in generations.items():
-            save_outputs(run_dir / "outputs" / f"{name}.{split}.jsonl", task, design, split, texts)
-        out[name] = {"design": design.to_params(), "hparams": hparams, "scores": scores, "source": how}
-    return out
-
-
-def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, dict[str, Any]]:
-    """``sde-search report RUN --rescore``: the test scoring of :func:`finish` again, into ``tests.json``.
-
-    Nothing else runs then, so it uses every CPU core (the search's own scoring used one trial's share).
-    """
-    rows = analysis.load_rows(run_dir / "trials.json")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
-    tests = test_scores(task, rows, winner, run_dir, threads=max(1, int(space.resources.cpu), os.cpu_count() or 1))
-    (run_dir / "tests.json").write_text(json.dumps(tests, indent=1))
-    return tests
+    folder = run_dir / "seeds"
+    if redo:
+        shutil.rmtree(folder, ignore_errors=True)
+    cands = seeds.candidates(rows, OBJECTIVE_METRIC[task.config.objective], space.budget.seed_top)
+    hparams = dict(best.hparams) if best else {}
+    jobs = seeds.plan(task, rows, cands, hparams, space.budget.seeds, folder)
+    results = seeds.run(task, jobs, workers=workers, threads=threads)
+    verdict = seeds.judge(task, cands, results, jobs, objective=task.config.objective)
+    verdict.update(hparams=hparams, seeds=space.budget.seeds)
+    (run_dir / "verdict.json").write_text(json.dumps(verdict, indent=1))
+    save_stage_outputs(run_dir / "outputs", task, verdict, cands, results, jobs)
+    return verdict
 
 
 def save_outputs(path: Path, task: Task, design: Design, split: str, texts: Sequence[str]) -> None:
@@ -147,43 +125,61 @@ def save_outputs(path: Path, task: Task, design: Design, split: str, texts: Sequ
                                 "parsed": p.answer, "errors": list(p.errors)}) + "\n")
 
 
-def _load_outputs(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+def save_stage_outputs(folder: Path, task: Task, verdict: Mapping[str, Any], cands: Sequence[seeds.Candidate],
+                 results: Mapping[Path, Mapping[str, Any]], jobs: Sequence[seeds.Job]) -> None:
+    """``outputs/<role>.<split>.jsonl`` (winner, es_sde, paper_baseline; first seed): gold, generation, parse."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for cand in cands:
+        roles = [r for r in cand.roles if r in ("es_sde", "paper_baseline")]
+        if cand.design.short() == verdict.get("winner"):
+            roles.append("winner")
+        run = next((results[j.path] for j in jobs if j.design == cand.design and j.path in results), None)
+        for role in roles if run else ():
+            for split, data in run["splits"].items():
+                folder.mkdir(parents=True, exist_ok=True)
+                lines = [json.dumps({"gold": task.gold(record, split), **r}) for record, r in
+                         zip(task.splits[split], data["records"], strict=True)]
+                (folder / f"{role}.{split}.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def compare(task: Task, run_dir: Path, a: str, b: str, split: str) -> analysis.Difference | None:
-    """Paired bootstrap of the test score of design ``a`` minus ``b`` on the same records."""
-    ra = _load_outputs(run_dir / "outputs" / f"{a}.{split}.jsonl")
-    rb = _load_outputs(run_dir / "outputs" / f"{b}.{split}.jsonl")
-    if not ra or len(ra) != len(rb):
+def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
+    """``sde-search report RUN --rescore``: the seed stage again, every run trained and scored anew.
+
+    Nothing else runs then, so it uses every CPU core.
+    """
+    rows = analysis.load_rows(run_dir / "trials.json")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = pick_winner(rows, summary["metric"])
+    verdict = final_stage(task, space, rows, best, run_dir, workers=max(1, os.cpu_count() or 1), threads=1,
+                          redo=True)
+    _update_summary(run_dir, rows, verdict)
+    return verdict
+
+
+def _update_summary(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes the verdict's headline, winner and its trial into ``summary.json``."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    design = verdict.get("winner_design")
+    trial = next((r for r in analysis.full_budget(rows, summary["metric"])
+                  if design and r.design == Design.from_params(design)), None)
+    summary.update(winner=trial.trial_id if trial else None, winner_design=design,
+                   reads_input=bool(verdict.get("reads_input")), headline=verdict.get("headline", ""),
+                   real_gains=[f"{g['vs']} {g['split']}" for g in verdict.get("gains", []) if g.get("real")])
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> verdicts.Interval | None:
+    """Design ``a``'s score minus the fixed answer's on ``outputs/<a>.<split>.jsonl`` (records bootstrap)."""
+    path = run_dir / "outputs" / f"{a}.{split}.jsonl"
+    if not path.exists():
         return None
-    return _paired(task, split, ra, [_answer(x["parsed"]) for x in rb])
-
-
-def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> analysis.Difference | None:
-    """Paired bootstrap of design ``a``'s test score minus the fixed answer's on the same records."""
-    ra = _load_outputs(run_dir / "outputs" / f"{a}.{split}.jsonl")
-    return _paired(task, split, ra, [task.fixed_answer(split)] * len(ra)) if ra else None
-
-
-def _answer(d: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    return {k: tuple(v) for k, v in d.items()}
-
-
-def _paired(task: Task, split: str, ra: Sequence[Mapping[str, Any]],
-            pb: Sequence[Mapping[str, tuple[str, ...]]]) -> analysis.Difference:
-    slots, key = task.slots_for(split), task.kind.score_key
-    golds = [_answer(x["gold"]) for x in ra]
-    pa = [_answer(x["parsed"]) for x in ra]
-    kw = {"slots": slots, "values": task.config.labels.values, "unmentioned": task.unmentioned}
-
-    def score(idx: Sequence[int]) -> tuple[float, float]:
-        idx = list(idx)
-        g = [golds[i] for i in idx]
-        return (task.kind.score(g, [pa[i] for i in idx], **kw)[key],
-                task.kind.score(g, [pb[i] for i in idx], **kw)[key])
-
-    return analysis.paired_bootstrap(score, len(golds), samples=500)
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    golds = [{k: tuple(v) for k, v in r["gold"].items()} for r in records]
+    preds = [{k: tuple(v) for k, v in r["parsed"].items()} for r in records]
+    fixed = [task.fixed_answer(split)] * len(golds)
+    return verdicts.gain(lambda g, p: task.score(g, p, split), golds, [preds], [fixed])["score"]
 
 
 # ---------------------------------------------------------------- importance
@@ -224,28 +220,45 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def reading_flag(row: TrialRow) -> str:
-    """'not reading the input' when the trial does not beat both trivial answers (fixed, empty) on its ID set."""
-    trivial = [v for v in (row.value("baseline_fixed"), row.value("baseline_empty")) if not math.isnan(v)]
-    margin = row.value("score") - max(trivial) if trivial else math.nan
-    return "" if math.isnan(margin) or margin > 0 else "not reading the input"
+    """The trial's own reads-the-input test on its eval set (``reads_input``): yes, no, or - (not recorded)."""
+    reads = row.value("reads_input")
+    if math.isnan(reads):
+        return "-"
+    return "yes" if reads > 0 else "no"
+
+
+def ood_cell(row: TrialRow, key: str = "score_ood") -> Any:
+    """An OOD value, or why there is none: a No-inst design has no OOD score, a degenerate split is not measured."""
+    if math.isnan(row.value("score_ood")):
+        return "-"
+    if row.value("measured_ood") == 0:
+        return "not measured"
+    return row.value(key)
 
 
 def leaderboard(rows: Sequence[TrialRow], metric: str) -> list[str]:
-    """Full-budget trials, best first."""
+    """Full-budget trials, best first, with accuracy against the majority answer and the OOD split's health."""
     lines = [[i, r.trial_id, r.design.short(), ", ".join(f"{k}={_fmt(v)}" for k, v in r.hparams.items()) or "-",
-              r.value(metric), r.value("score_ood"), r.value("format_error_rate"), r.value("baseline_fixed"),
-              r.value("baseline_empty"), f"{r.value('distinct_predictions'):.0f}", reading_flag(r) or "yes"]
+              r.value(metric) if metric != "score_ood" else ood_cell(r), r.value("accuracy"),
+              r.value("accuracy_fixed"), r.value("baseline_fixed"), r.value("format_error_rate"),
+              r.value("repair_rate"), f"{r.value('distinct_predictions'):.0f}", reading_flag(r), ood_cell(r),
+              r.value("format_error_rate_ood"), _count(r.value("distinct_predictions_ood"))]
              for i, r in enumerate(analysis.full_budget(rows, metric), 1)]
-    return _table(["#", "trial", "design", "hparams", metric, "OOD", "format err", "fixed answer", "empty answer",
-                   "distinct", "reads input"], lines)
+    return _table(["#", "trial", "design", "hparams", metric, "accuracy", "majority acc", "fixed answer",
+                   "format err", "repairs", "distinct", "reads input", "OOD", "OOD format err", "OOD distinct"],
+                  lines)
+
+
+def _count(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.0f}"
 
 
 def stopped_table(rows: Sequence[TrialRow], metric: str) -> list[str]:
-    """Trials stopped by ASHA, with how far they got."""
+    """Trials stopped early, with how far they got."""
     stopped = sorted((r for r in rows if r.status == "stopped"), key=lambda r: -r.value("progress"))
-    return _table(["trial", "design", f"{metric} when stopped", "budget used", "reports"],
-                  [[r.trial_id, r.design.short(), r.value(metric), f"{r.value('progress'):.0%}",
-                    f"{r.value('report'):.0f}"] for r in stopped])
+    return _table(["trial", "design", f"{metric} when stopped", "distinct", "budget used", "reports"],
+                  [[r.trial_id, r.design.short(), r.value(metric), _count(r.value("distinct_predictions")),
+                    f"{r.value('progress'):.0%}", f"{r.value('report'):.0f}"] for r in stopped])
 
 
 def cost_table(rows: Sequence[TrialRow]) -> list[str]:
@@ -260,13 +273,15 @@ def cost_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any], space_size:
     """The search's own cost against every trial at full budget and an exhaustive grid."""
     c = analysis.search_cost(rows, int(summary["steps_per_trial"]), space_size)
     counts = {s: sum(r.status == s for r in rows) for s in ("full", "stopped", "failed")}
-    lines = [f"- trials: {len(rows)} ({counts['full']} full budget, {counts['stopped']} stopped early by ASHA, "
+    lines = [f"- trials: {len(rows)} ({counts['full']} full budget, {counts['stopped']} stopped early, "
              f"{counts['failed']} failed)",
              f"- train steps: {c['steps']:.0f} spent, {c['steps_all_full']:.0f} had every trial run to full budget "
              f"({c['steps'] / max(1, c['steps_all_full']):.0%}); an exhaustive grid of all {space_size} designs: "
              f"{c['steps_grid']:.0f} steps ({c['steps'] / max(1, c['steps_grid']):.0%} of it spent)",
              f"- time: {summary['wall_s'] / 60:.1f} min wall; {c['trial_seconds'] / 60:.1f} min inside trials; "
              f"the grid would take about {c['grid_seconds_estimate'] / 60:.0f} trial-minutes"]
+    if summary.get("seed_stage_s"):
+        lines.append(f"- seed stage: {summary['seed_stage_s'] / 60:.1f} min")
     return lines + overhead_lines(rows, summary)
 
 
@@ -295,42 +310,60 @@ def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list
     return lines
 
 
-def test_section(task: Task, run_dir: Path, tests: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Held-out scores of the winner, ES-SDE and the baseline, gains with a bootstrap interval."""
-    if not tests:
+def _mean_sd(split: Mapping[str, Any] | None, key: str = "score") -> str:
+    if not split:
+        return "-"
+    if not split.get("measured", True) and key == "score":
+        return "not measured"
+    mean, sd = split[f"{key}_mean"], split[f"{key}_sd"]
+    return _fmt(mean) + ("" if math.isnan(sd) else f" ± {sd:.3f}")
+
+
+def _yes_no(split: Mapping[str, Any] | None) -> str:
+    return "-" if not split else ("yes" if split["reads_input"] else "no")
+
+
+def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
+    """The seed stage: every candidate's mean ± sd over seeds, reads-the-input tests, and the winner's gains."""
+    if not verdict.get("candidates"):
         return []
-    md = ["## Held-out test sets (scored once, never seen by the search)", ""]
-    md += _table(["design", "", "test ID", "test OOD", "format err", "fixed answer", "empty answer", "distinct",
-                  "source"],
-                 [[name, Design.from_params(t["design"]).short(), *(t["scores"].get(k, math.nan) for k in (
-                     "score", "score_ood", "format_error_rate", "baseline_fixed", "baseline_empty")),
-                   f"{t['scores'].get('distinct_predictions', math.nan):.0f}", t["source"]]
-                  for name, t in tests.items()])
-    md.append("")
-    for name in tests:
-        d = versus_fixed(task, run_dir, name, "test_id")
-        if d is not None:
-            verdict = "reads the input" if d.low > 0 else "not shown to beat it (the interval reaches 0)"
-            md.append(f"- {name} vs the fixed answer, ID: {d.delta:+.3f} (95 % paired bootstrap over {d.records} "
-                      f"records: {d.low:+.3f} to {d.high:+.3f}): {verdict}")
-    if "winner" not in tests:
-        return [*md, ""]
-    for ref in ("es_sde", "paper_baseline"):
-        if ref not in tests:
-            continue
-        if tests[ref]["design"] == tests["winner"]["design"]:
-            md.append(f"- the winner is {ref} itself.")
-            continue
-        for split, label in (("test_id", "ID"), ("test_ood", "OOD")):
-            d = compare(task, run_dir, "winner", ref, split)
-            if d is None:
-                continue
-            verdict = "a real difference" if d.significant else "within noise (the interval includes 0)"
-            md.append(f"- winner vs {ref}, {label}: {d.delta:+.3f} (95 % paired bootstrap over "
-                      f"{d.records} records: "
-                      f"{d.low:+.3f} to {d.high:+.3f}): {verdict}")
-    md += ["", "One training seed per design: the interval covers test-set sampling, not training noise "
-           "(`sde-search robust RUN` measures that).", ""]
+    key = task.kind.score_key
+    md = [f"## Seed stage: {verdict['seeds']} training seeds per design (at the best trial's hyper-parameters "
+          f"{verdict.get('hparams') or '{}'})", ""]
+    lines = []
+    for c in verdict["candidates"]:
+        sp = c["splits"]
+        name = c["short"] + (" **(winner)**" if c["short"] == verdict.get("winner") else "")
+        lines.append([name, ", ".join(c["roles"]), len(c["seeds"]), _mean_sd(sp.get("eval_id")),
+                      _mean_sd(sp.get("eval_id"), "accuracy"), _mean_sd(sp.get("eval_id"), "accuracy_fixed"),
+                      _yes_no(sp.get("eval_id")), _mean_sd(sp.get("test_id")), _mean_sd(sp.get("test_id"), "accuracy"),
+                      _mean_sd(sp.get("test_id"), "accuracy_fixed"), _yes_no(sp.get("test_id")),
+                      _mean_sd(sp.get("test_ood")), _mean_sd(sp.get("test_ood"), "format_error_rate"),
+                      _mean_sd(sp.get("test_ood"), "distinct_predictions")])
+    md += _table(["design", "role", "seeds", f"eval {key}", "eval accuracy", "majority acc", "reads input (eval)",
+                  f"test {key}", "test accuracy", "majority acc", "reads input (test)", f"test OOD {key}",
+                  "OOD format err", "OOD distinct"], lines)
+    md += ["", f"Mean ± sd over seeds. Reads the input: beats the better trivial answer (each slot's most common "
+           f"training value, or all empty) on {key} and on accuracy, the lower end of the 95 % interval above 0 "
+           "(records and seeds resampled). The winner is the best mean eval score among designs that read the "
+           "input on eval.", ""]
+    for c in verdict["candidates"]:
+        for split, label in (("eval_id", "eval"), ("test_id", "test"), ("eval_ood", "eval OOD"),
+                             ("test_ood", "test OOD")):
+            entry = c["splits"].get(split)
+            if entry and not entry["measured"]:
+                md.append(f"- {c['short']}, {label}: not measured: {entry['why_not_measured']}")
+            elif entry and split.endswith("_id") and not entry["reads_input"]:
+                md.append(f"- {c['short']}, {label}: {entry['why_not_reading']}")
+    if verdict.get("gains"):
+        md += ["", "Gains of the winner on the test sets:", ""]
+        for g in verdict["gains"]:
+            split = "ID" if g["split"] == "test_id" else "OOD"
+            if "delta" in g:
+                md.append(f"- winner vs {g['vs']} ({', '.join(g['roles'])}), {split}: {g['text']}: {g['note']}")
+            else:
+                md.append(f"- winner vs {g['vs']} ({', '.join(g['roles'])}), {split}: {g['note']}")
+    md += ["", f"Method: {verdict['method']}.", ""]
     return md
 
 
@@ -338,64 +371,84 @@ def build(run_dir: Path, task: Task, space: SpaceConfig) -> str:
     """Writes ``report.md``, ``trials.csv``, ``best_design.yaml`` and ``plots/`` from the run folder's files."""
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = analysis.load_rows(run_dir / "trials.json")
-    tests = json.loads((run_dir / "tests.json").read_text()) if (run_dir / "tests.json").exists() else {}
+    verdict = json.loads((run_dir / "verdict.json").read_text()) if (run_dir / "verdict.json").exists() else {}
     metric = summary["metric"]
-    winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
     figures = run_dir / "plots"
     figures.mkdir(exist_ok=True)
-    md = [f"# sde-search report: {summary['name']}", "",
+    headline = verdict.get("headline") or "The seed stage did not run; no verdict."
+    md = [f"# sde-search report: {summary['name']}", "", f"**{headline}**", "",
+          *[f"- note: {n}" for n in (task.kappa_note(),) if n],
           f"Task `{task.config.name}` ({task.config.type}), space `{Path(summary['space_path']).name}` "
           f"({space.size()} designs), objective `{task.config.objective}` (metric `{metric}`), model "
-          f"`{task.config.model.name}`.", "", "## Cost of the search", "",
-          *cost_lines(rows, summary, space.size()), "",
-          "## Leaderboard (full budget, eval sets)", "", *leaderboard(rows, metric), "",
-          "`fixed answer`: the score of always answering each slot's most common training label, with no model; "
-          "`empty answer`: always answering unmentioned / no items; `distinct`: distinct predictions on the set. "
-          "A design at or below both trivial answers is not reading the input.", ""]
+          f"`{task.config.model.name}`.", ""]
+    md += verdict_section(task, verdict)
+    md += winner_section(task, verdict)
+    md += ["## Cost of the search", "", *cost_lines(rows, summary, space.size()), "",
+           "## Leaderboard (full budget, eval sets, one seed each)", "", *leaderboard(rows, metric), "",
+           "`accuracy` against `majority acc` (always each slot's most common training value); `fixed answer`: "
+           "that answer's score; `distinct`: distinct predictions; `repairs`: share of generations read leniently "
+           "(a key or label repaired); `reads input`: the trial's own test on its eval set (one seed). OOD `not "
+           "measured`: constant predictions or all format errors; `-`: not scored (No-inst designs name no OOD "
+           "slots).", ""]
     if any(r.status == "stopped" for r in rows):
-        md += ["## Stopped early by ASHA (never eligible to win)", "", *stopped_table(rows, metric), ""]
+        md += ["## Stopped early (never eligible to win)", "", *stopped_table(rows, metric), ""]
     failed = [r for r in rows if r.status == "failed"]
     if failed:
         md += ["## Failed trials", "", *[f"- {r.trial_id} ({r.design.short()}): {r.error}" for r in failed], ""]
-    md += winner_section(task, winner, metric)
-    md += test_section(task, run_dir, tests)
     md += analysis_sections(rows, space, metric, figures)
     md += ["## Cost per design (full-budget trials)", "", *cost_table(rows), ""]
     text = "\n".join(md)
     (run_dir / "report.md").write_text(text)
-    write_tables(run_dir, rows, winner, metric)
+    write_tables(run_dir, rows, verdict, metric)
     return text
 
 
-def winner_section(task: Task, winner: TrialRow | None, metric: str) -> list[str]:
+def winner_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
     """The winning design and one rendered training sample."""
-    if winner is None:
-        return ["## Winner", "", "No trial reached the full budget; no winner.", ""]
-    sample = render(task.splits["train"][0], winner.design, task)
-    return ["## Winner", "", f"`{winner.design.short()}` (trial {winner.trial_id}), {metric} "
-            f"{winner.value(metric):.3f} on the eval set.", "", "```", sample.prompt + sample.target, "```", ""]
+    if not verdict.get("winner_design"):
+        return ["## Winner", "", "No design reached the seed stage; no winner.", ""]
+    design = Design.from_params(verdict["winner_design"])
+    sample = render(task.splits["train"][0], design, task)
+    return ["## Winner", "", f"`{design.short()}`" + ("" if verdict.get("reads_input") else
+                                                       " (best mean, but not shown to read the input)"),
+            "", "```", sample.prompt + sample.target, "```", ""]
+
+
+MIN_IMPORTANCE_TRIALS = 8
+"""fANOVA over fewer full-budget trials ranks noise: below this the report says why there is no table."""
 
 
 def analysis_sections(rows: Sequence[TrialRow], space: SpaceConfig, metric: str, figures: Path) -> list[str]:
-    """Pareto front, option effects, importance and the figures."""
+    """Pareto front (measured OOD only), option effects with their n, importance and the figures."""
     md: list[str] = []
+    full = analysis.full_budget(rows, metric)
     front = analysis.pareto_front(rows)
-    if front and any(not math.isnan(r.value("score_ood")) for r in front):
-        md += ["## ID / OOD Pareto front", "",
-               *_table(["design", "ID", "OOD"], [[r.design.short(), r.value("score"), r.value("score_ood")]
-                                                 for r in front]), ""]
+    unmeasured = [r for r in full if r.value("measured_ood") == 0]
+    if front:
+        md += ["## ID / OOD Pareto front (designs whose OOD split is measured)", "",
+               *_table(["design", "ID", "OOD", "OOD format err"],
+                       [[r.design.short(), r.value("score"), r.value("score_ood"), r.value("format_error_rate_ood")]
+                        for r in front]), ""]
         plots.pareto(rows, figures / "pareto.png")
+    if unmeasured:
+        md += [f"OOD not measured for {len(unmeasured)} of {len(full)} full-budget designs (constant predictions "
+               "or all format errors on the OOD set); they are left out of the front.", ""]
     effects = analysis.option_effects(rows, metric)
     if effects:
-        md += ["## Per-option effects (full-budget trials)", "",
-               *_table(["dimension", "value", f"mean {metric}", "std", "trials"],
+        md += [f"## Per-option effects ({len(full)} full-budget trials: survivors only)", "",
+               *_table(["dimension", "value", f"mean {metric}", "std", "n"],
                        [[e.dimension, e.value, e.mean, e.std, e.n] for e in effects]), "",
-               "Marginal means over the trials that happened to use each value: with few trials they mix the "
-               "effect of the other options in.", ""]
+               "Marginal means over the full-budget trials that used each value (n). Trials stopped early are left "
+               "out, so a value whose designs start slowly is under-represented here (survivorship); with few "
+               "trials the means also mix in the other options' effects.", ""]
         plots.effects(effects, figures / "effects.png")
+    md += early_effects_section(rows, metric)
     values, study = importances(rows, space, metric)
-    if values:
-        md += ["## Option importance (Optuna fANOVA over full-budget trials)", "",
+    if len(full) < MIN_IMPORTANCE_TRIALS:
+        md += ["## Option importance", "", f"No importance table: {len(full)} full-budget trials, fewer than the "
+               f"{MIN_IMPORTANCE_TRIALS} needed for fANOVA to rank more than noise.", ""]
+    elif values:
+        md += [f"## Option importance (Optuna fANOVA over {len(full)} full-budget trials: survivors only)", "",
                *_table(["parameter", "importance"], [[k, v] for k, v in values.items()]), ""]
         plots.importance(values, figures / "importance.png")
     plots.leaderboard(rows, metric, figures / "leaderboard.png")
@@ -406,15 +459,30 @@ def analysis_sections(rows: Sequence[TrialRow], space: SpaceConfig, metric: str,
     return md
 
 
-def write_tables(run_dir: Path, rows: Sequence[TrialRow], winner: TrialRow | None, metric: str) -> None:
+def early_effects_section(rows: Sequence[TrialRow], metric: str) -> list[str]:
+    """Option effects over every trial (stopped ones too) at the last report all of them reached."""
+    at, effects = analysis.effects_at_common_report(rows, metric)
+    if not effects or not any(r.status == "stopped" for r in rows):
+        return []
+    return [f"## Per-option effects at report {at} (every trial, stopped ones too)", "",
+            *_table(["dimension", "value", f"mean {metric}", "std", "n"],
+                    [[e.dimension, e.value, e.mean, e.std, e.n] for e in effects]), "",
+            f"No survivorship here, but an early fidelity: report {at} is the last one every trial reached.", ""]
+
+
+def write_tables(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, Any], metric: str) -> None:
     """``best_design.yaml`` (the winner, ready for ``train --design``) and ``trials.csv``."""
-    if winner:
-        best = {"design": {k.removeprefix("design."): v for k, v in winner.design.to_params().items()},
-                "train": winner.hparams, "score": winner.value(metric), "trial": winner.trial_id}
+    if verdict.get("winner_design"):
+        cand = next(c for c in verdict["candidates"] if c["short"] == verdict["winner"])
+        ev = cand["splits"].get("eval_id", {})
+        best = {"design": {k.removeprefix("design."): v for k, v in verdict["winner_design"].items()},
+                "train": verdict.get("hparams", {}), "eval_score_mean": ev.get("score_mean"),
+                "eval_score_sd": ev.get("score_sd"), "seeds": cand["seeds"],
+                "reads_input": bool(verdict.get("reads_input"))}
         (run_dir / "best_design.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
-    keys = ["score", "score_ood", "format_error_rate", "baseline_fixed", "baseline_empty", "distinct_predictions",
-            "progress", "report", "step", "train_s",
-            "gen_s", "tokens_per_sample"]
+    keys = ["score", "accuracy", "accuracy_fixed", "score_ood", "measured_ood", "format_error_rate",
+            "format_error_rate_ood", "repair_rate", "baseline_fixed", "baseline_empty", "distinct_predictions",
+            "reads_input", "progress", "report", "step", "train_s", "gen_s", "tokens_per_sample"]
     with open(run_dir / "trials.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "status", "design", *keys, "error"])
@@ -437,31 +505,43 @@ def _tracked(what: str, fn: Any, *args: Any) -> Any:
 
 def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metric: str, wall_s: float,
            ray_init_s: float = math.nan) -> int:
-    """Collects results, scores test sets, writes the report, logs it to MLflow and closes the parent run."""
+    """Collects results, runs the seed stage, writes the report, logs it to MLflow and closes the parent run."""
     run_dir = Path(info.run_dir)
     rows = collect(results, optuna_space(space)[1])
-    winner = pick_winner(rows, metric)
+    best = pick_winner(rows, metric)
     _tracked("merging resumed trial runs", tracking.merge_duplicate_runs, info)
     _tracked("closing stale runs", tracking.close_stale_runs, info)
-    _tracked("tagging trial runs", tracking.tag_runs, info, rows, winner)
     analysis.save_rows(run_dir / "trials.json", rows)
-    tests = test_scores(task, rows, winner, run_dir, threads=max(1, int(space.resources.cpu)))
-    (run_dir / "tests.json").write_text(json.dumps(tests, indent=1))
     hp = task.config.train
     summary = {"name": info.name, "space_path": info.space_path, "metric": metric, "wall_s": wall_s,
                "ray_init_s": ray_init_s, "max_concurrent": space.budget.max_concurrent,
-               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs,
-               "winner": winner.trial_id if winner else None}
+               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs, "winner": None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    t0 = time.time()
+    print(f"seed stage: {space.budget.seed_top} best designs + ES-SDE + baseline, {space.budget.seeds} seeds each "
+          "(finished runs are kept)", flush=True)
+    workers = max(1, min(space.budget.max_concurrent, (os.cpu_count() or 1) // max(1, int(space.resources.cpu))))
+    verdict = final_stage(task, space, rows, best, run_dir, workers=1 if space.resources.gpu else workers,
+                          threads=max(1, int(space.resources.cpu)))
+    summary = _update_summary(run_dir, rows, verdict)
+    summary["seed_stage_s"] = time.time() - t0
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
+    _tracked("tagging trial runs", tracking.tag_runs, info, rows, winner)
     text = build(run_dir, task, space)
-    final = {"wall_s": wall_s, "ray_init_s": ray_init_s, **{f"trials_{s}": float(sum(r.status == s for r in rows))
-                                                            for s in ("full", "stopped", "failed")}}
-    if winner:
-        final["best_score"] = winner.value(metric)
-    for name, t in tests.items():
-        final.update({f"test_{name}_{k}": v for k, v in t["scores"].items() if k in ("score", "score_ood")})
+    final = {"wall_s": wall_s, "ray_init_s": ray_init_s, "reads_input": float(bool(verdict.get("reads_input"))),
+             **{f"trials_{s}": float(sum(r.status == s for r in rows)) for s in ("full", "stopped", "failed")}}
+    for cand in verdict.get("candidates", []):
+        roles = ["winner"] * (cand["short"] == verdict.get("winner")) + [
+            r for r in cand["roles"] if r in ("es_sde", "paper_baseline")]
+        for role in roles:
+            for split in ("eval_id", "test_id", "test_ood"):
+                entry = cand["splits"].get(split)
+                if entry and entry["measured"]:
+                    final[f"{role}_{split}_score_mean"] = entry["score_mean"]
     _tracked("attaching the report", tracking.log_to_parent, info,
-             [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv", "trials.json", "plots")], final)
+             [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv", "trials.json", "verdict.json",
+                                    "plots")], final)
     _tracked("closing the parent run", tracking.close_parent, info)
     print("\n" + text)
     print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: mlflow ui --backend-store-uri {info.tracking_uri} "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sde_search.config import ConfigError, SpaceConfig, Task, report_range
+from sde_search.config import OBJECTIVE_METRIC, ConfigError, SpaceConfig, Task, report_range
 from sde_search.design import PRESETS, Design
 
 # Before Ray is imported (PITFALLS 2): keep every listener on 127.0.0.1 and skip token auth.
@@ -48,15 +48,15 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune.utils import flatten_dict  # noqa: E402
 
 from sde_search import report as reporting  # noqa: E402
 from sde_search import tracking  # noqa: E402
+from sde_search.pruner import EvidenceASHA  # noqa: E402
 from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
 
-OBJECTIVE_METRIC = {"id": "score", "ood": "score_ood", "mean": "score_mean", "pareto": "score"}
 WORKER_ENV = ("SDE_FAULT", "SDE_FAULT_MARK", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
 
 
@@ -174,11 +174,7 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
         resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="sde-resume-"))
     workdir = tempfile.mkdtemp(prefix="sde-ckpt-")
 
-    errors = "format_error_rate_ood" if metric == "score_ood" else "format_error_rate"
-
     def report(metrics: dict[str, float], path: str | None) -> None:
-        # ASHA ranks on the score; early in training many designs tie at 0, so fewer format errors break ties.
-        metrics = {**metrics, "asha_score": metrics[metric] - 1e-3 * metrics.get(errors, 0.0)}
         tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
 
     train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
@@ -605,9 +601,11 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
                               points_to_evaluate=baseline_points(space, searched, task, warm) or None,
                               sampler=make_sampler(space, searched), study_name=info.study_name, storage=storage)
     if space.asha.enabled:
-        scheduler: Any = ASHAScheduler(time_attr="report", metric="asha_score", mode="max",
-                                       max_t=max_t, grace_period=space.asha.grace_period,
-                                       reduction_factor=space.asha.reduction_factor)
+        scheduler: Any = EvidenceASHA(time_attr="report", metric=metric, mode="max", max_t=max_t,
+                                      grace_period=space.asha.grace_period,
+                                      reduction_factor=space.asha.reduction_factor,
+                                      defer_until=space.asha.defer_until,
+                                      evidence_key="measured_ood" if metric == "score_ood" else "measured")
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

@@ -91,8 +91,14 @@ class TaskType:
                 for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],
-              values: Sequence[str], unmentioned: str) -> dict[str, float]:
-        """Scores predictions against golds; the dict holds ``score_key``."""
+              values: Sequence[str], unmentioned: str, weights: Sequence[Sequence[float]] | None = None,
+              ) -> dict[str, float]:
+        """Scores predictions against golds; the dict holds ``score_key`` and ``accuracy``.
+
+        ``accuracy`` is what the reads-the-input check compares with the majority answer: per slot for MASA,
+        whole records (exact match) for span tasks. ``weights`` are ``metrics.kappa_weights`` of the task file
+        (aspect sentiment only).
+        """
         raise NotImplementedError
 
 
@@ -135,8 +141,10 @@ class AspectSentiment(TaskType):
                       for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
-              values: Sequence[str], unmentioned: str) -> dict[str, float]:
-        return metrics.aspect_scores(golds, preds, slots=slots, labels=values, unmentioned=unmentioned)
+              values: Sequence[str], unmentioned: str, weights: Sequence[Sequence[float]] | None = None,
+              ) -> dict[str, float]:
+        return metrics.aspect_scores(golds, preds, slots=slots, labels=values, unmentioned=unmentioned,
+                                     weights=weights)
 
 
 class _Spans(TaskType):
@@ -172,8 +180,10 @@ class _Spans(TaskType):
         return Record(str(obj["id"]), text, answer_t, _rationales(obj))
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
-              values: Sequence[str], unmentioned: str) -> dict[str, float]:
-        return metrics.span_scores(golds, preds, containment=self.containment)
+              values: Sequence[str], unmentioned: str, weights: Sequence[Sequence[float]] | None = None,
+              ) -> dict[str, float]:
+        return {**metrics.span_scores(golds, preds, containment=self.containment),
+                "accuracy": metrics.exact_match(golds, preds)}
 
 
 def _text(obj: Mapping[str, Any]) -> str:

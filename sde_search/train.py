@@ -30,7 +30,7 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sde_search import metrics
+from sde_search import metrics, verdicts
 from sde_search.config import ConfigError, ModelConfig, Task, TrainConfig
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
@@ -94,12 +94,16 @@ def build_tiny_tokenizer(task: Task) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def build_model(task: Task) -> tuple[torch.nn.Module, Any, bool]:
-    """Returns (model, tokenizer, is_tiny); ``tiny`` is built from a seeded config, no download."""
+def build_model(task: Task, seed: int | None = None) -> tuple[torch.nn.Module, Any, bool]:
+    """Returns (model, tokenizer, is_tiny); ``tiny`` is built from a seeded config, no download.
+
+    ``seed`` (default: the task's ``train.seed``) seeds the tiny model's weights: its base is random, so a
+    training seed must reach it too, and whatever loads a checkpoint must build the base with the same seed.
+    """
     cfg = task.config.model
     if cfg.name == "tiny" and not cfg.gguf_file:
         tokenizer = build_tiny_tokenizer(task)
-        torch.manual_seed(task.config.train.seed)
+        torch.manual_seed(task.config.train.seed if seed is None else seed)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
                              intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.layers,
                              num_attention_heads=cfg.heads, max_position_embeddings=4096,
@@ -403,32 +407,41 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], des
     return outputs
 
 
-def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str]) -> dict[str, float]:
-    """Parses and scores generations; adds format errors and the trivial baselines on the same set."""
+def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str], *,
+                  full: bool = False) -> dict[str, float]:
+    """Parses and scores generations; adds format errors, repairs and the trivial answers on the same set.
+
+    Besides the task's metrics (``score`` and ``accuracy`` among them): ``baseline_fixed``/``accuracy_fixed``
+    (each slot's most common training value) and ``baseline_empty``/``accuracy_empty`` (every slot empty),
+    ``distinct_predictions``, and ``measured`` (0 when every prediction is the same answer or a format
+    error, so the score measures nothing). With ``full`` (the whole split, the last report) it also tests
+    whether the design reads the input: ``reads_input`` (1 or 0) and ``reads_low_score`` /
+    ``reads_low_accuracy``, the lower ends of the 95 % bootstrap intervals of the score minus the better
+    trivial answer's.
+    """
     ood = es.split.endswith("_ood")
     parsed: list[Parsed] = [parse(o, design, task, ood=ood) for o in outputs]
-    slots = task.slots_for(es.split)
-    values = task.config.labels.values
-    score = task.kind.score(es.golds, [p.answer for p in parsed], slots=slots, values=values,
-                            unmentioned=task.unmentioned)
-    empty = task.kind.empty(task.unmentioned)
-    fixed = task.fixed_answer(es.split)
+    answers = [p.answer for p in parsed]
     n = len(es.golds)
-    trivial = {
-        "fixed": task.kind.score(es.golds, [fixed] * n, slots=slots, values=values, unmentioned=task.unmentioned),
-        "empty": task.kind.score(es.golds, [dict.fromkeys(slots, empty)] * n, slots=slots, values=values,
-                                 unmentioned=task.unmentioned),
-    }
-    key = task.kind.score_key
-    out = {f"{k}": float(v) for k, v in score.items()}
+    fixed = task.fixed_answer(es.split)
+    empty = dict.fromkeys(task.slots_for(es.split), task.kind.empty(task.unmentioned))
+    trivial = {name: task.score(es.golds, [answer] * n, es.split) for name, answer in
+               (("fixed", fixed), ("empty", empty))}
+    out = {k: float(v) for k, v in task.score(es.golds, answers, es.split).items()}
     out.update({
-        "score": float(score[key]),
         "format_error_rate": metrics.format_error_rate([p.errors for p in parsed]),
-        "distinct_predictions": float(metrics.distinct_answers([p.answer for p in parsed])),
-        "baseline_fixed": float(trivial["fixed"][key]),
-        "baseline_empty": float(trivial["empty"][key]),
+        "repair_rate": metrics.repair_rate([p.repaired for p in parsed]),
+        "distinct_predictions": float(metrics.distinct_answers(answers)),
+        "measured": float(not verdicts.degenerate(answers, [p.errors for p in parsed])),
         "n_eval": float(n),
+        **{f"baseline_{name}": float(t["score"]) for name, t in trivial.items()},
+        **{f"accuracy_{name}": float(t["accuracy"]) for name, t in trivial.items()},
     })
+    if full:
+        check = verdicts.reads_input(lambda g, p: task.score(g, p, es.split), es.golds, [answers], fixed, empty,
+                                     samples=300)
+        out["reads_input"] = float(check.reads)
+        out.update({f"reads_low_{key}": m.low for key, m in check.margins.items()})
     return out
 
 
@@ -498,7 +511,7 @@ def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = optimizer = None
     try:
-        model, tokenizer, tiny = build_model(task)
+        model, tokenizer, tiny = build_model(task, hp.seed)
         enc = [encode(render(r, design, task), tokenizer, design) for r in task.splits["train"]]
         model = add_lora(model, hp, tiny).to(device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
@@ -566,7 +579,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             _hang()  # a test kills the driver now, "during evaluation"
         final = step == total_steps
         t1 = time.perf_counter()
-        last = _evaluate(task, design, hp, model, tokenizer, device, max_new, final)
+        generations: dict[str, list[str]] = {}
+        last = _evaluate(task, design, hp, model, tokenizer, device, max_new, final, generations)
         gen_s += time.perf_counter() - t1
         last.update({
             "train_loss": sum(losses) / len(losses), "progress": step / total_steps, "step": float(step),
@@ -576,6 +590,8 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
         })
         losses = []
         path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens, last["fit_s"])
+        if path:  # what this report scored, to inspect or to score again offline
+            (Path(path) / "generations.json").write_text(json.dumps(generations))
         if fault == "hang_ckpt":
             _hang()  # written but not yet handed to Tune: a test kills the driver "while a checkpoint is written"
         report(last, path)
@@ -583,10 +599,11 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
 
 
 def _evaluate(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, tokenizer: Any,
-              device: torch.device, max_new: int, final: bool) -> dict[str, float]:
+              device: torch.device, max_new: int, final: bool, outputs: dict[str, list[str]]) -> dict[str, float]:
     """Scores ID (``score``...) and OOD (``score_ood``...) sets; intermediate reports use a subset."""
     limit = None if final else hp.report_eval_size
-    out = score_splits(task, design, hp, model, tokenizer, device, max_new, ("eval_id", "eval_ood"), limit)
+    out = score_splits(task, design, hp, model, tokenizer, device, max_new, ("eval_id", "eval_ood"), limit,
+                       outputs=outputs)
     if "score_ood" in out:
         out["score_mean"] = (out["score"] + out["score_ood"]) / 2
     return out
@@ -602,7 +619,7 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
     """
     out: dict[str, float] = {}
     for split in splits:
-        if split not in task.splits:
+        if split not in task.splits or (split.endswith("_ood") and not task.ood_measurable(design)):
             continue
         suffix = "_ood" if split.endswith("_ood") else ""
         es = eval_set(task, design, split, limit, instruction)
@@ -610,7 +627,7 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
                          repetition_penalty=hp.repetition_penalty, device=device, decoding=decoding)
         if outputs is not None:
             outputs[split] = texts
-        out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts).items()})
+        out.update({k + suffix: v for k, v in score_outputs(task, design, es, texts, full=limit is None).items()})
     return out
 
 
@@ -654,7 +671,7 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
     hp = resolve_hparams(task, hparams)
     print(f"training {design.short()} on {task.config.name}: {len(task.splits['train'])} records, "
           f"{hp.epochs} epochs, {hp.reports_per_epoch} reports/epoch, model {task.config.model.name}", flush=True)
-    has_ood = "eval_ood" in task.splits
+    has_ood = "eval_ood" in task.splits and task.ood_measurable(design)
     print(f"{'report':>6} {'epoch':>6} {'loss':>7} {'ID':>7} {'ID fmt':>7}" + (f" {'OOD':>7} {'OOD fmt':>7}"
           if has_ood else "") + f" {'fixed':>7} {'train s':>8} {'gen s':>6}", flush=True)
     rows: list[dict[str, float]] = []
@@ -677,8 +694,13 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
     extra = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("accuracy", "f1", "precision", "recall"))
     print(f"final: ID {key} {final['score']:.3f} ({extra}; fixed answer {final['baseline_fixed']:.3f}, "
           f"empty answer {final['baseline_empty']:.3f}, {int(final['distinct_predictions'])} distinct predictions)"
-          + (f", OOD {final['score_ood']:.3f}" if has_ood else "")
+          + (f", OOD {final['score_ood']:.3f}" if has_ood and final.get("measured_ood") else
+             ", OOD not measured (constant predictions or all format errors)" if has_ood else "")
           + f"; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
+    print(f"reads the input (eval, one seed): {'yes' if final.get('reads_input') else 'no'}: accuracy "
+          f"{final['accuracy']:.3f} against {final['accuracy_fixed']:.3f} for the majority answer; the lower ends "
+          f"of the 95 % intervals over the better trivial answer: {key} {final['reads_low_score']:+.3f}, accuracy "
+          f"{final['reads_low_accuracy']:+.3f}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -692,7 +714,7 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
 def save_final_adapter(task: Task, hparams: Mapping[str, Any] | None, checkpoint: str, folder: Path) -> Path:
     """Writes a checkpoint's LoRA adapter (peft ``save_pretrained``) and the tokenizer to ``folder``."""
     hp = resolve_hparams(task, hparams)
-    model, tokenizer, tiny = build_model(task)
+    model, tokenizer, tiny = build_model(task, hp.seed)
     model = add_lora(model, hp, tiny)
     set_peft_model_state_dict(model, torch.load(Path(checkpoint) / "state.pt", weights_only=False)["adapter"])
     model.save_pretrained(str(folder))
@@ -727,7 +749,7 @@ def evaluate_checkpoint(task: Task, design: Design, hparams: Mapping[str, Any] |
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = None
     try:
-        model, tokenizer, tiny = build_model(task)
+        model, tokenizer, tiny = build_model(task, hp.seed)
         model = add_lora(model, hp, tiny).to(device)
         state = torch.load(Path(checkpoint) / "state.pt", weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])

@@ -209,28 +209,35 @@ def test_empty_generation(text: str, masa: Task) -> None:
     assert parsed.answer == dict.fromkeys(masa.slots, UNM)
 
 
-def test_broken_json_line_is_a_json_error_but_still_scored(masa: Task) -> None:
+def test_broken_json_line_is_rescued_as_a_split_error_and_still_scored(masa: Task) -> None:
     design = parse_design("output_format=json")
     text = ('{"aspect": "food", "label": "positive"}\n'
             '{"aspect": "drinks", "label": "negative"\n'  # no closing brace
             '{"aspect": "price", "label": "neutral"}\n'
             '{"aspect": "staff", "label": "unmentioned"}')
     parsed = parse(text, design, masa)
-    assert parsed.errors == ("json_error",)
-    assert parsed.status == "failed"
+    assert parsed.errors == ("split_error",)
+    assert (parsed.status, parsed.repaired) == ("failed", True)
     assert parsed.answer == GOLD_OK
 
 
 def test_unreadable_json_line_is_a_split_error(masa: Task) -> None:
+    text = '{"aspect": "food", "label": "positive"}\n{garbage}\n{"aspect": "drinks", "label": "negative"}'
+    parsed = parse(text, parse_design("output_format=json"), masa)
+    assert parsed.errors == ("split_error", "missing_slot")
+    assert parsed.answer == {**dict.fromkeys(masa.slots, UNM), "food": ("positive",), "drinks": ("negative",)}
+
+
+def test_unreadable_last_json_line_is_trailing_text(masa: Task) -> None:
     parsed = parse('{"aspect": "food", "label": "positive"}\n{garbage}', parse_design("output_format=json"), masa)
-    assert parsed.errors == ("json_error", "split_error", "missing_slot")
+    assert parsed.errors == ("trailing_text", "missing_slot")
     assert parsed.answer == {**dict.fromkeys(masa.slots, UNM), "food": ("positive",)}
 
 
 def test_json_is_never_evaluated(masa: Task) -> None:
     text = '{"aspect": "food", "label": __import__("os").getcwd()}'
     parsed = parse(text, parse_design("output_format=json,unmentioned=omit"), masa)
-    assert "json_error" in parsed.errors
+    assert parsed.errors == ("split_error",)
     assert parsed.answer == dict.fromkeys(masa.slots, UNM)
 
 
@@ -257,7 +264,7 @@ def test_unknown_number_code_is_an_error(masa: Task) -> None:
     ("text", "status"),
     [("food: good\ndrinks: Poor\nprice: neutral\nstaff: unmentioned", "repaired"),
      ("food quality: positive\ndrinks: negative\nprice: neutral\nstaff: unmentioned", "repaired"),
-     ("Food: Positive\ndrinks: negative.\nprice: \"neutral\"\nstaff: unmentioned", "ok")],
+     ("Food: Positive\ndrinks: negative.\nprice: \"neutral\"\nstaff: unmentioned", "repaired")],
     ids=["label_synonyms", "slot_keyword", "case_and_punctuation"],
 )
 def test_soft_normalisation(text: str, status: str, masa: Task) -> None:
@@ -312,8 +319,14 @@ def test_cot_without_its_separator_is_a_split_error(masa: Task) -> None:
     assert "split_error" in parsed.errors
 
 
-def test_natural_unit_without_colon_is_a_split_error(masa: Task) -> None:
+def test_natural_unit_without_colon_is_rescued_as_a_split_error(masa: Task) -> None:
     parsed = parse("food positive, drinks: negative, price: neutral, staff: unmentioned.", PAPER_BASELINE, masa)
+    assert (parsed.errors, parsed.repaired) == (("split_error",), True)
+    assert parsed.answer == GOLD_OK
+
+
+def test_natural_unit_that_cannot_be_read_is_a_split_error(masa: Task) -> None:
+    parsed = parse("food is lovely, drinks: negative, price: neutral, staff: unmentioned.", PAPER_BASELINE, masa)
     assert parsed.errors == ("split_error", "missing_slot")
     assert parsed.answer == {**GOLD_OK, "food": UNM}
 
@@ -326,11 +339,11 @@ def test_json_target_of_spans_round_trips_through_json(entities: Task) -> None:
     assert {tuple(r["entities"]) for r in rows} == {(), ("Dunhollow Bank",), ("Dunhollow", "New Harl")}
 
 
-def test_a_list_broken_inside_is_a_json_error_not_a_crash(entities: Task) -> None:
+def test_a_list_broken_inside_is_a_split_error_not_a_crash(entities: Task) -> None:
     # seen in the GENIA study: the regex fallback matched the list, whose own JSON was broken
     text = '{"type": "person", "entities": ["Ann", "Bo]}, "x": 1'
     parsed = parse(text, parse_design("output_format=json,unmentioned=omit"), entities)
-    assert "json_error" in parsed.errors
+    assert parsed.errors == ("split_error",)
     assert parsed.answer["person"] == ("Ann", "Bo")
 
 

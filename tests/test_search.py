@@ -61,7 +61,7 @@ def _check_invariants(runs: Path, name: str, n_trials: int):
 
 def test_search_end_to_end(small_search):
     runs, proc = small_search
-    assert "Leaderboard" in proc.stdout and "Held-out test sets" in proc.stdout
+    assert "Leaderboard" in proc.stdout and "## Seed stage" in proc.stdout
     children = _check_invariants(runs, "it", 6)
     budgets = [c.data.tags["budget"] for c in children]
     assert "stopped" in budgets, budgets  # ASHA stopped at least one trial early
@@ -179,7 +179,7 @@ def test_failing_trials_never_take_the_search_down(tmp_path):
     errors = " ".join(c.data.tags["error"] for c in failed)
     assert any(word in errors for word in ("injected fault", "loss became nan", "out-of-memory")), errors
     assert len(children) == 6 and all(c.info.status != "RUNNING" for c in children)
-    assert "winner" in json.loads((runs / "faults" / "tests.json").read_text())
+    assert "winner" in json.loads((runs / "faults" / "verdict.json").read_text())
     assert (tmp_path / "mark.once").exists()  # ES-SDE failed once at report 2 ...
     es_sde = [c for c in children if c.data.tags["design"] == "first/exclude/lines/placeholder/text/none"]
     assert es_sde[0].data.tags["budget"] == "full"  # ... and max_failures=1 retried it from its checkpoint
