@@ -69,11 +69,13 @@ def load_rows(path: Path) -> list[TrialRow]:
 def full_budget(rows: Sequence[TrialRow], metric: str) -> list[TrialRow]:
     """Trials that reached the full budget with a measured score, best first.
 
-    An OOD score whose split was degenerate (``measured_ood`` 0: constant predictions or all format errors)
-    measures nothing and does not count.
+    A score whose split was degenerate (``measured`` / ``measured_ood`` 0: one distinct answer or all format
+    errors) measures nothing and does not count: ID metrics need ``measured``, OOD ones ``measured_ood``, their
+    mean both.
     """
+    needs = {"score_ood": ("measured_ood",), "score_mean": ("measured", "measured_ood")}.get(metric, ("measured",))
     full = [r for r in rows if r.status == "full" and not math.isnan(r.value(metric))
-            and not (metric.endswith("_ood") and r.value("measured_ood") == 0)]
+            and all(r.value(flag) != 0 for flag in needs)]
     return sorted(full, key=lambda r: -r.value(metric))
 
 
@@ -112,12 +114,17 @@ def effects_at_common_report(rows: Sequence[TrialRow], metric: str) -> tuple[int
     return at, _effects(points)
 
 
+MIN_EFFECT_N = 2
+"""An option value's mean over fewer trials is one trial's score, not an effect: such rows are left out."""
+
+
 def _effects(points: Sequence[tuple[Design, float]]) -> list[Effect]:
     effects = []
     for dim in DIMENSIONS:
         groups: dict[str, list[float]] = {}
         for design, value in points:
             groups.setdefault(str(getattr(design, dim)), []).append(value)
+        groups = {k: v for k, v in groups.items() if len(v) >= MIN_EFFECT_N}
         if len(groups) < 2:
             continue
         for value, scores in sorted(groups.items(), key=lambda kv: -statistics.fmean(kv[1])):
@@ -132,6 +139,7 @@ def pareto_front(rows: Sequence[TrialRow], x: str = "score", y: str = "score_ood
     Only trials whose OOD split is measured count (a degenerate split's score of 0 is no point on a front).
     """
     points = [r for r in full_budget(rows, x) if not math.isnan(r.value(y)) and r.value("measured_ood") != 0]
+    # full_budget(rows, "score") already needs a measured ID split
     return [r for r in points
             if not any(o.value(x) >= r.value(x) and o.value(y) >= r.value(y) and
                        (o.value(x) > r.value(x) or o.value(y) > r.value(y)) for o in points)]

@@ -235,6 +235,11 @@ class AshaConfig(_Strict):
         "Up to this report, a result that measures nothing (one distinct answer, or all format errors) is "
         "neither cut nor counted at a rung: the trial goes on until it shows a measured score. Default: max_t "
         "(never cut on a constant answer)."))
+    margin: float = Field(0.1, ge=0, description=(
+        "A trial is cut at a rung only when its score is more than this below the rung's cutoff (rung scores "
+        "come from train.report_eval_size records: a smaller gap is within their noise)."))
+    rung_value: Literal["last", "best"] = Field("best", description=(
+        "The score a trial is judged on at a rung: its last report (Ray's ASHA) or its best so far."))
 
 
 class BudgetConfig(_Strict):
@@ -642,6 +647,10 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
             f"only aspect_sentiment tasks are scored by kappa, not {config.type}" if kind.multi_valued else
             f"{len(weights)} rows of lengths {[len(r) for r in weights]}, but {size} labels need a {size} x {size} "
             f"matrix (rows = gold, columns = prediction, order {all_labels})"))
+    elif weights is not None and (any(not 0 <= w <= 1 for r in weights for w in r)
+                                  or any(weights[i][i] != 1 for i in range(size))):
+        problems.append(f"{path}: metrics.kappa_weights: agreement weights must lie in [0, 1] with 1 on the "
+                        f"diagonal (a label agrees fully with itself), got {weights}")
     for slot_list in ("slots", "ood_slots"):
         items = getattr(labels, slot_list) or []
         dup = sorted({s for s in items if items.count(s) > 1})

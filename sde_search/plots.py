@@ -24,8 +24,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def leaderboard(rows: Sequence[TrialRow], metric: str, path: Path) -> Path:
-    """Horizontal bars of every trial's score (grey: stopped by ASHA), with the fixed-answer baseline."""
-    ranked = sorted((r for r in rows if not math.isnan(r.value(metric))), key=lambda r: r.value(metric))
+    """Horizontal bars of every measured trial's score (grey: stopped early), with the fixed-answer baseline."""
+    ranked = sorted((r for r in rows if not math.isnan(r.value(metric)) and r.value("measured") != 0),
+                    key=lambda r: r.value(metric))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(ranked) + 1.5))
     ax.barh([f"{r.design.short()} ({r.trial_id[:4]})" for r in ranked], [r.value(metric) for r in ranked],
             color=[COLORS[r.status] for r in ranked])
@@ -33,14 +34,14 @@ def leaderboard(rows: Sequence[TrialRow], metric: str, path: Path) -> Path:
     if fixed:
         ax.axvline(max(fixed), color="tab:red", ls="--", lw=1, label="fixed answer (no model)")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel(f"{metric} (eval set); grey = stopped early by ASHA")
+    ax.set_xlabel(f"{metric} (eval set; constant answers left out); grey = stopped early")
     ax.tick_params(axis="y", labelsize=7)
     return _save(fig, path)
 
 
 def pareto(rows: Sequence[TrialRow], path: Path) -> Path:
-    """ID vs OOD score of full-budget trials, the Pareto front joined."""
-    full = [r for r in rows if r.status == "full"]
+    """ID vs OOD score of full-budget trials whose both splits are measured, the Pareto front joined."""
+    full = [r for r in rows if r.status == "full" and r.value("measured") != 0 and r.value("measured_ood") != 0]
     front = pareto_front(rows)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter([r.value("score") for r in full], [r.value("score_ood") for r in full], color="tab:blue", alpha=0.6)

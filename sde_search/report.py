@@ -104,8 +104,9 @@ def final_stage(task: Task, space: SpaceConfig, rows: Sequence[TrialRow], best: 
     if redo:
         shutil.rmtree(folder, ignore_errors=True)
     cands = seeds.candidates(rows, OBJECTIVE_METRIC[task.config.objective], space.budget.seed_top)
-    hparams = dict(best.hparams) if best else {}
-    jobs = seeds.plan(task, rows, cands, hparams, space.budget.seeds, folder)
+    fixed = {k.removeprefix("train."): v for k, v in optuna_space(space)[1].items() if k.startswith("train.")}
+    hparams = {**fixed, **best.hparams} if best else fixed
+    jobs = seeds.plan(task, cands, hparams, space.budget.seeds, folder)
     results = seeds.run(task, jobs, workers=workers, threads=threads)
     verdict = seeds.judge(task, cands, results, jobs, objective=task.config.objective)
     verdict.update(hparams=hparams, seeds=space.budget.seeds)
@@ -145,13 +146,13 @@ def save_stage_outputs(folder: Path, task: Task, verdict: Mapping[str, Any], can
 def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
     """``sde-search report RUN --rescore``: the seed stage again, every run trained and scored anew.
 
-    Nothing else runs then, so it uses every CPU core.
+    Nothing else runs then, so on CPU it uses every core (one run per core); on a GPU one run at a time.
     """
     rows = analysis.load_rows(run_dir / "trials.json")
     summary = json.loads((run_dir / "summary.json").read_text())
     best = pick_winner(rows, summary["metric"])
-    verdict = final_stage(task, space, rows, best, run_dir, workers=max(1, os.cpu_count() or 1), threads=1,
-                          redo=True)
+    workers = 1 if space.resources.gpu else max(1, os.cpu_count() or 1)
+    verdict = final_stage(task, space, rows, best, run_dir, workers=workers, threads=1, redo=True)
     _update_summary(run_dir, rows, verdict)
     return verdict
 
@@ -227,6 +228,11 @@ def reading_flag(row: TrialRow) -> str:
     return "yes" if reads > 0 else "no"
 
 
+def id_cell(row: TrialRow, metric: str) -> Any:
+    """An ID value, or "not measured" when the eval predictions were one answer or all format errors."""
+    return "not measured" if row.value("measured") == 0 else row.value(metric)
+
+
 def ood_cell(row: TrialRow, key: str = "score_ood") -> Any:
     """An OOD value, or why there is none: a No-inst design has no OOD score, a degenerate split is not measured."""
     if math.isnan(row.value("score_ood")):
@@ -237,13 +243,15 @@ def ood_cell(row: TrialRow, key: str = "score_ood") -> Any:
 
 
 def leaderboard(rows: Sequence[TrialRow], metric: str) -> list[str]:
-    """Full-budget trials, best first, with accuracy against the majority answer and the OOD split's health."""
+    """Full-budget trials, best first (unmeasured ones last), with accuracy against the majority answer."""
+    measured = analysis.full_budget(rows, metric)
+    rest = [r for r in rows if r.status == "full" and r not in measured]
     lines = [[i, r.trial_id, r.design.short(), ", ".join(f"{k}={_fmt(v)}" for k, v in r.hparams.items()) or "-",
-              r.value(metric) if metric != "score_ood" else ood_cell(r), r.value("accuracy"),
+              id_cell(r, metric) if metric != "score_ood" else ood_cell(r), r.value("accuracy"),
               r.value("accuracy_fixed"), r.value("baseline_fixed"), r.value("format_error_rate"),
               r.value("repair_rate"), f"{r.value('distinct_predictions'):.0f}", reading_flag(r), ood_cell(r),
               r.value("format_error_rate_ood"), _count(r.value("distinct_predictions_ood"))]
-             for i, r in enumerate(analysis.full_budget(rows, metric), 1)]
+             for i, r in enumerate([*measured, *rest], 1)]
     return _table(["#", "trial", "design", "hparams", metric, "accuracy", "majority acc", "fixed answer",
                    "format err", "repairs", "distinct", "reads input", "OOD", "OOD format err", "OOD distinct"],
                   lines)
@@ -435,12 +443,16 @@ def analysis_sections(rows: Sequence[TrialRow], space: SpaceConfig, metric: str,
                "or all format errors on the OOD set); they are left out of the front.", ""]
     effects = analysis.option_effects(rows, metric)
     if effects:
+        dropped = sum(r.status == "full" for r in rows) - len(full)
         md += [f"## Per-option effects ({len(full)} full-budget trials: survivors only)", "",
                *_table(["dimension", "value", f"mean {metric}", "std", "n"],
                        [[e.dimension, e.value, e.mean, e.std, e.n] for e in effects]), "",
-               "Marginal means over the full-budget trials that used each value (n). Trials stopped early are left "
-               "out, so a value whose designs start slowly is under-represented here (survivorship); with few "
-               "trials the means also mix in the other options' effects.", ""]
+               "Marginal means over the full-budget trials that used each value (n; values with fewer than "
+               f"{analysis.MIN_EFFECT_N} trials are left out). Trials stopped early are left out, so a value whose "
+               "designs start slowly is under-represented here (survivorship); with few trials the means also mix in "
+               "the other options' effects."
+               + (f" {dropped} full-budget trials whose eval predictions measure nothing are left out too." if dropped
+                  else ""), ""]
         plots.effects(effects, figures / "effects.png")
     md += early_effects_section(rows, metric)
     values, study = importances(rows, space, metric)
@@ -521,8 +533,13 @@ def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metri
     print(f"seed stage: {space.budget.seed_top} best designs + ES-SDE + baseline, {space.budget.seeds} seeds each "
           "(finished runs are kept)", flush=True)
     workers = max(1, min(space.budget.max_concurrent, (os.cpu_count() or 1) // max(1, int(space.resources.cpu))))
-    verdict = final_stage(task, space, rows, best, run_dir, workers=1 if space.resources.gpu else workers,
-                          threads=max(1, int(space.resources.cpu)))
+    try:
+        verdict = final_stage(task, space, rows, best, run_dir, workers=1 if space.resources.gpu else workers,
+                              threads=max(1, int(space.resources.cpu)))
+    except Exception as exc:  # noqa: BLE001 - the search's own results must still reach report.md and MLflow
+        print(f"warning: the seed stage failed ({type(exc).__name__}: {str(exc)[:300]}); the report has no verdict. "
+              f"Run it again with: sde-search report {run_dir.name} --rescore", file=sys.stderr, flush=True)
+        verdict = {}
     summary = _update_summary(run_dir, rows, verdict)
     summary["seed_stage_s"] = time.time() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -175,6 +175,9 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
     workdir = tempfile.mkdtemp(prefix="sde-ckpt-")
 
     def report(metrics: dict[str, float], path: str | None) -> None:
+        # asha_score: the metric a search started by an earlier version ranks on; its pickled scheduler
+        # needs it in every result when such a search is resumed.
+        metrics = {**metrics, "asha_score": metrics[metric]}
         tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
 
     train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
@@ -604,8 +607,11 @@ def _new_tuner(fn: Any, space: SpaceConfig, task: Task, info: RunInfo, searched:
         scheduler: Any = EvidenceASHA(time_attr="report", metric=metric, mode="max", max_t=max_t,
                                       grace_period=space.asha.grace_period,
                                       reduction_factor=space.asha.reduction_factor,
-                                      defer_until=space.asha.defer_until,
-                                      evidence_key="measured_ood" if metric == "score_ood" else "measured")
+                                      defer_until=space.asha.defer_until, margin=space.asha.margin,
+                                      rung_value=space.asha.rung_value,
+                                      evidence_keys={"score_ood": ("measured_ood",),
+                                                     "score_mean": ("measured", "measured_ood")}.get(
+                                          metric, ("measured",)))
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

@@ -2,12 +2,12 @@
 
 One trial per design says little: training seeds alone move a score by more than most gaps between designs
 (seed sd up to 0.14 was measured on MAMS). After the search, the top ``budget.seed_top`` distinct full-budget
-designs, ES-SDE and the paper baseline are trained ``budget.seeds`` times each (seeds ``train.seed``,
-``train.seed + 1``, ...), all at the hyper-parameters of the search's best trial, so that no design wins by
-its hyper-parameters. A design's trial at the first seed and those hyper-parameters is reused from its
-checkpoint (scored again, not retrained). Every run is scored on the eval sets (which choose the winner: the
-best mean) and on the test sets (which judge it), and its per-record predictions are kept in
-``seeds/<design>.seed<k>.json``: a search killed during this stage resumes it without redoing finished runs.
+designs, ES-SDE and the paper baseline are trained ``budget.seeds`` times each (seeds ``train.seed + 1``,
+``train.seed + 2``, ...: not the search's own, whose scores chose the top designs), all at the
+hyper-parameters of the search's best trial, so that no design wins by its hyper-parameters. Every run is
+scored on the eval sets (which choose the winner: the best mean) and on the test sets (which judge it), and
+its per-record predictions are kept in ``seeds/<design>.seed<k>.json``: a search killed during this stage
+resumes it without redoing finished runs.
 
 The judgement itself (:func:`judge`) is pure: it reads those files and asks :mod:`sde_search.verdicts`.
 Training runs in worker processes (``spawn``); torch is imported there, never here.
@@ -55,12 +55,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Job:
-    """One training run of the stage: a design at one seed, trained anew or scored from a trial's checkpoint."""
+    """One training run of the stage: a design at one seed."""
 
     design: Design
     hparams: Mapping[str, Any]
     seed: int
-    checkpoint: str | None
     path: Path
 
 
@@ -77,23 +76,24 @@ def candidates(rows: Sequence[TrialRow], metric: str, top: int) -> list[Candidat
     return list(chosen.values())
 
 
-def plan(task: Task, rows: Sequence[TrialRow], cands: Sequence[Candidate], hparams: Mapping[str, Any], seeds: int,
-         folder: Path) -> list[Job]:
-    """Every (candidate, seed) run; the first seed reuses a full-budget trial with the same hyper-parameters."""
+def plan(task: Task, cands: Sequence[Candidate], hparams: Mapping[str, Any], seeds: int, folder: Path) -> list[Job]:
+    """Every (candidate, seed) run, at seeds the search did not use.
+
+    The search trained every design at ``train.seed``; a top design's score at that seed is the maximum that
+    made it a top design, so reusing it would tilt the winner's choice towards the top designs and against
+    ES-SDE and the baseline. The stage's seeds start at ``train.seed + 1``.
+    """
     base = int(hparams.get("seed", task.config.train.seed))
-    jobs = []
-    for cand in cands:
-        for k in range(seeds):
-            seed = base + k
-            reuse = next((r.checkpoint for r in rows if k == 0 and r.design == cand.design and r.status == "full"
-                          and r.checkpoint and dict(r.hparams) == dict(hparams)
-                          and Path(r.checkpoint).exists()), None)
-            jobs.append(Job(cand.design, dict(hparams), seed, reuse, folder / f"{cand.name}.seed{seed}.json"))
-    return jobs
+    return [Job(cand.design, dict(hparams), base + k, folder / f"{cand.name}.seed{base + k}.json")
+            for cand in cands for k in range(1, seeds + 1)]
 
 
 def run_job(task: Task, job: Job, threads: int) -> dict[str, Any]:
-    """Trains (unless a checkpoint is given) and scores one run on every split; returns what its file holds."""
+    """Trains one run and scores it on every split; returns what its file holds.
+
+    The eval splits' scores and generations are those of ``fit``'s last report (full eval sets); the test splits
+    are scored from the last checkpoint.
+    """
     import warnings
 
     # peft/transformers warn about a deprecated attribute once per model build: noise in the command's output
@@ -102,34 +102,45 @@ def run_job(task: Task, job: Job, threads: int) -> dict[str, Any]:
     from sde_search.render import parse
 
     hp = {**job.hparams, "seed": job.seed}
-    tmp = None
-    checkpoint, source = job.checkpoint, "trial checkpoint"
-    if checkpoint is None:
-        tmp = tempfile.mkdtemp(prefix="sde-seed-")
-        train.fit(task, job.design, hp, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
-        checkpoint, source = str(sorted(Path(tmp).glob("report-*"))[-1]), "trained"
+    tmp = tempfile.mkdtemp(prefix="sde-seed-")
     try:
-        out: dict[str, Any] = {"design": job.design.to_params(), "hparams": hp, "seed": job.seed, "source": source,
-                               "splits": {}}
-        for split in (s for s in SPLITS if s in task.splits):
-            texts: dict[str, list[str]] = {}
-            scores = train.evaluate_checkpoint(task, job.design, hp, checkpoint, splits=[split], threads=threads,
-                                               outputs=texts)[0]
-            if split not in texts:  # not scored (a No-inst design on OOD slots)
-                continue
+        final = train.fit(task, job.design, hp, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
+        checkpoint = sorted(Path(tmp).glob("report-*"))[-1]
+        texts: dict[str, list[str]] = json.loads((checkpoint / "generations.json").read_text())
+        scores = {split: {k.removesuffix("_ood" if split.endswith("_ood") else ""): v for k, v in final.items()
+                          if k.endswith("_ood") == split.endswith("_ood")} for split in texts}
+        for split in (s for s in SPLITS if s.startswith("test_") and s in task.splits):
+            found: dict[str, list[str]] = {}
+            metrics = train.evaluate_checkpoint(task, job.design, hp, str(checkpoint), splits=[split],
+                                                threads=threads, outputs=found)[0]
+            if split in found:  # else not scored (a No-inst design on OOD slots)
+                texts[split] = found[split]
+                scores[split] = {k.removesuffix("_ood" if split.endswith("_ood") else ""): v
+                                 for k, v in metrics.items()}
+        out: dict[str, Any] = {"design": job.design.to_params(), "hparams": hp, "seed": job.seed, "splits": {}}
+        for split, generations in texts.items():
             ood = split.endswith("_ood")
             records = []
-            for record, text in zip(task.splits[split], texts[split], strict=True):
+            for record, text in zip(task.splits[split], generations, strict=True):
                 p = parse(text, job.design, task, ood=ood)
                 records.append({"id": record.id, "output": text, "parsed": {k: list(v) for k, v in p.answer.items()},
                                 "errors": list(p.errors)})
-            suffix = "_ood" if ood else ""
-            out["splits"][split] = {"metrics": {k.removesuffix(suffix): v for k, v in scores.items()},
-                                    "records": records}
+            out["splits"][split] = {"metrics": scores[split], "records": records}
         return out
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def matches(task: Task, job: Job, data: Mapping[str, Any]) -> bool:
+    """Whether a saved run belongs to this job and task (same design, seed, hparams and records per split).
+
+    A run folder resumed after its task file changed (``data.max_test``, say) must not mix old runs in.
+    """
+    if data.get("design") != job.design.to_params() or data.get("seed") != job.seed \
+            or data.get("hparams") != {**job.hparams, "seed": job.seed}:
+        return False
+    return all(split in task.splits and [r["id"] for r in entry["records"]] == [r.id for r in task.splits[split]]
+               for split, entry in data.get("splits", {}).items())
 
 
 def _write(path: Path, data: Mapping[str, Any]) -> None:
@@ -139,11 +150,11 @@ def _write(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def run(task: Task, jobs: Sequence[Job], *, workers: int, threads: int) -> dict[Path, dict[str, Any]]:
-    """Runs the jobs whose file does not exist yet (``workers`` processes at once); returns every file's data.
+    """Runs the jobs without a matching file yet (``workers`` processes at once); returns every file's data.
 
     A failed job is logged and left without a file (a later ``--resume`` or ``report --rescore`` retries it).
     """
-    todo = [j for j in jobs if not j.path.exists()]
+    todo = [j for j in jobs if not (j.path.exists() and matches(task, j, json.loads(j.path.read_text())))]
     if todo:
         todo[0].path.parent.mkdir(parents=True, exist_ok=True)
         log.info("seed stage: %d runs (%d already done), %d at once", len(todo), len(jobs) - len(todo), workers)
@@ -160,8 +171,8 @@ def run(task: Task, jobs: Sequence[Job], *, workers: int, threads: int) -> dict[
                     continue
                 _write(job.path, data)
                 score = data["splits"].get("eval_id", {}).get("metrics", {}).get("score", math.nan)
-                log.info("seed stage: %d/%d %s seed %d (%s): eval %.3f", done, len(todo), job.design.short(),
-                         job.seed, data["source"], score)
+                log.info("seed stage: %d/%d done: %s seed %d, eval %.3f", done, len(todo), job.design.short(),
+                         job.seed, score)
     return {j.path: json.loads(j.path.read_text()) for j in jobs if j.path.exists()}
 
 
@@ -202,77 +213,94 @@ def _split_summary(task: Task, split: str, runs: Sequence[Mapping[str, Any]], sa
     return out
 
 
+OBJECTIVE_SPLITS = {"id": ("eval_id",), "pareto": ("eval_id",), "ood": ("eval_ood",), "mean": ("eval_id", "eval_ood")}
+"""The eval splits a design must read the input on, per objective."""
+
+
 def judge(task: Task, cands: Sequence[Candidate], results: Mapping[Path, Mapping[str, Any]],
           jobs: Sequence[Job], *, objective: str = "id", samples: int = verdicts.BOOTSTRAP_SAMPLES) -> dict[str, Any]:
     """The stage's verdict: each candidate's seed statistics, the winner, and its gains over the presets.
 
-    The winner is the best mean eval score (of the ``objective``: ID, OOD or their mean; ID for pareto) among
-    candidates that read the input on the eval set; with none, the best mean overall, and the verdict says
-    that no design reads the input. An OOD objective counts only measured OOD splits. A gain over ES-SDE or the
-    baseline is real only when the winner reads the input on eval and test, both splits are measured, and
-    the records x seeds interval (:func:`verdicts.gain`) excludes zero.
+    Eligible to win: candidates with at least 2 finished seed runs (or all of them, with ``budget.seeds`` 1)
+    that read the input on the objective's eval splits (ID; OOD; both for ``mean``). The winner is the
+    eligible candidate with the best mean eval score of the objective (ID for pareto); with none eligible, the
+    best mean overall, and the verdict says that no design reads the input. A gain over ES-SDE or the baseline
+    on a test split is real only when the winner reads the input on the objective's eval splits and on that
+    test split, both sides are measured there with at least 2 seeds each, and the interval
+    (:func:`verdicts.gain`) excludes zero.
     """
     by_design: dict[Design, list[Mapping[str, Any]]] = {}
     for job in jobs:
         if job.path in results:
             by_design.setdefault(job.design, []).append(results[job.path])
+    planned = {d: sum(j.design == d for j in jobs) for d in {j.design for j in jobs}}
     table = []
     for cand in cands:
         runs = by_design.get(cand.design, [])
         entry: dict[str, Any] = {"design": cand.design.to_params(), "short": cand.design.short(),
-                                 "roles": cand.roles, "seeds": [r["seed"] for r in runs], "splits": {}}
+                                 "roles": cand.roles, "seeds": [r["seed"] for r in runs],
+                                 "planned_seeds": planned.get(cand.design, 0), "splits": {}}
         for split in SPLITS:
             split_runs = [r["splits"][split] for r in runs if split in r["splits"]]
             if split_runs and len(split_runs) == len(runs):
                 entry["splits"][split] = _split_summary(task, split, split_runs, samples)
         table.append(entry)
-    scored = [e for e in table if not math.isnan(_objective(e, objective))]
-    reading = [e for e in scored if e["splits"]["eval_id"]["reads_input"]]
+    needed = OBJECTIVE_SPLITS.get(objective, ("eval_id",))
+    scored = [e for e in table if not math.isnan(_objective(e, objective))
+              and len(e["seeds"]) >= min(2, e["planned_seeds"])]
+    reading = [e for e in scored if all(e["splits"].get(s, {}).get("reads_input") for s in needed)]
     pool = reading or scored
     winner = max(pool, key=lambda e: _objective(e, objective)) if pool else None
     verdict: dict[str, Any] = {"method": verdicts.METHOD, "candidates": table, "gains": [],
                                "winner": winner["short"] if winner else None,
                                "winner_design": winner["design"] if winner else None}
     if winner is None:
-        verdict.update(reads_input=False, headline="No design of the seed stage was scored; no winner.")
+        verdict.update(reads_input=False, headline="No design of the seed stage has 2 finished seed runs with a "
+                       "measured eval score; no winner.")
         return verdict
-    test_ok = "test_id" not in winner["splits"] or winner["splits"]["test_id"]["reads_input"]
+    test_needed = [s.replace("eval_", "test_") for s in needed if s.replace("eval_", "test_") in winner["splits"]]
+    test_ok = all(winner["splits"][s]["reads_input"] for s in test_needed)
     verdict["reads_input"] = bool(reading) and test_ok
-    verdict["headline"] = _headline(task, winner, bool(reading), test_ok)
+    verdict["headline"] = _headline(task, winner, bool(reading), test_ok, needed, test_needed)
     for ref in (e for e in table if e is not winner and {"es_sde", "paper_baseline"} & set(e["roles"])):
         for split in ("test_id", "test_ood"):
-            verdict["gains"].append(_gain(task, split, winner, ref, by_design, verdict["reads_input"], samples))
+            reads = bool(reading) and winner["splits"].get(split, {}).get("reads_input", False)
+            verdict["gains"].append(_gain(task, split, winner, ref, by_design, reads, samples))
     verdict["gains"] = [g for g in verdict["gains"] if g]
     return verdict
 
 
 def _objective(entry: Mapping[str, Any], objective: str) -> float:
-    """A candidate's mean eval score under the objective; NaN when not scored or (OOD) not measured."""
+    """A candidate's mean eval score under the objective; NaN when not scored or not measured."""
     def mean(split: str) -> float:
         s = entry["splits"].get(split)
         return float(s["score_mean"]) if s and s["measured"] else math.nan
 
-    if "eval_id" not in entry["splits"]:
-        return math.nan
     if objective == "ood":
         return mean("eval_ood")
     if objective == "mean":
         return (mean("eval_id") + mean("eval_ood")) / 2
-    return float(entry["splits"]["eval_id"]["score_mean"])
+    return mean("eval_id")
 
 
-def _headline(task: Task, winner: Mapping[str, Any], reads_eval: bool, reads_test: bool) -> str:
-    ev = winner["splits"]["eval_id"]
+def _headline(task: Task, winner: Mapping[str, Any], reads_eval: bool, reads_test: bool, needed: Sequence[str],
+              test_needed: Sequence[str]) -> str:
+    ev = winner["splits"][needed[0]]
+    where = " and ".join(s.replace("_", " ") for s in needed)
     if not reads_eval:
-        return ("No design reads the input at this budget: none beats the trivial answers (each slot's most "
-                f"common training value, or all empty) on {task.kind.score_key} and on accuracy with a 95 % "
-                f"interval above zero; the best, {winner['short']}, is {ev['why_not_reading']}. To change that: "
-                "more training records or steps (train.epochs), a larger model (model.name), or a higher lr. No "
-                "gain below is called real.")
+        why = "; ".join(f"{s.replace('_', ' ')}: {winner['splits'][s]['why_not_reading']}" for s in needed
+                        if s in winner["splits"] and winner["splits"][s]["why_not_reading"])
+        return ("No design reads the input at this budget: none beats both trivial answers (each slot's most "
+                f"common training value, or all empty) on {task.kind.score_key} and on accuracy on {where}, with a "
+                f"95 % interval above zero; the best mean, {winner['short']}, is {why or 'not measured'}. To change "
+                "that: more training records or steps (train.epochs), a larger model (model.name), or a higher lr. "
+                "No gain below is called real.")
     if not reads_test:
-        return (f"The winner, {winner['short']}, reads the input on the eval set but is not shown to on the test "
-                f"set ({winner['splits']['test_id']['why_not_reading']}); no gain below is called real.")
-    return (f"The winner, {winner['short']}, reads the input: eval {task.kind.score_key} "
+        why = "; ".join(f"{s.replace('_', ' ')}: {winner['splits'][s]['why_not_reading']}" for s in test_needed
+                        if winner["splits"][s]["why_not_reading"])
+        return (f"The winner, {winner['short']}, reads the input on {where} but is not shown to on the test set "
+                f"({why}); no gain below is called real.")
+    return (f"The winner, {winner['short']}, reads the input: {where} {task.kind.score_key} "
             f"{ev['score_mean']:.3f} (sd {ev['score_sd']:.3f} over {ev['runs']} seeds), accuracy "
             f"{ev['accuracy_mean']:.3f} against {ev['accuracy_fixed_mean']:.3f} for the majority answer.")
 
@@ -280,9 +308,12 @@ def _headline(task: Task, winner: Mapping[str, Any], reads_eval: bool, reads_tes
 def _gain(task: Task, split: str, winner: Mapping[str, Any], ref: Mapping[str, Any],
           by_design: Mapping[Design, Sequence[Mapping[str, Any]]], reads: bool, samples: int) -> dict[str, Any]:
     """Winner minus a preset on one test split, over records x seeds; empty when the split is absent."""
-    if split not in winner["splits"] or split not in ref["splits"]:
-        return {}
     out: dict[str, Any] = {"vs": ref["short"], "roles": ref["roles"], "split": split}
+    if split not in winner["splits"] and split not in ref["splits"]:
+        return {}
+    missing = [e["short"] for e in (winner, ref) if split not in e["splits"]]
+    if missing:
+        return {**out, "real": False, "note": f"no scored seed run of {', '.join(missing)} on this split"}
     unmeasured = [f"{e['short']}: {e['splits'][split]['why_not_measured']}" for e in (winner, ref)
                   if not e["splits"][split]["measured"]]
     if unmeasured:
@@ -291,7 +322,8 @@ def _gain(task: Task, split: str, winner: Mapping[str, Any], ref: Mapping[str, A
     runs = [[_answers(r["splits"][split]["records"]) for r in by_design[Design.from_params(e["design"])]]
             for e in (winner, ref)]
     interval = verdicts.gain(lambda g, p: task.score(g, p, split), golds, runs[0], runs[1], samples=samples)["score"]
-    real = reads and interval.real
+    real = reads and interval.real and interval.seed_noise
     note = ("a real difference" if real else "within noise (the interval includes 0)" if not interval.real
-            else "not called real: the winner is not shown to read the input")
+            else "not called real: fewer than 2 seeds on a side, so seed noise is unknown" if not interval.seed_noise
+            else "not called real: the winner is not shown to read the input here")
     return {**out, **interval.to_json(), "real": real, "note": note, "text": interval.text()}

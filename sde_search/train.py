@@ -435,7 +435,7 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
         "measured": float(not verdicts.degenerate(answers, [p.errors for p in parsed])),
         "n_eval": float(n),
         **{f"baseline_{name}": float(t["score"]) for name, t in trivial.items()},
-        **{f"accuracy_{name}": float(t["accuracy"]) for name, t in trivial.items()},
+        **{f"accuracy_{name}": float(t.get("accuracy", math.nan)) for name, t in trivial.items()},
     })
     if full:
         check = verdicts.reads_input(lambda g, p: task.score(g, p, es.split), es.golds, [answers], fixed, empty,
@@ -698,9 +698,9 @@ def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping
              ", OOD not measured (constant predictions or all format errors)" if has_ood else "")
           + f"; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
     print(f"reads the input (eval, one seed): {'yes' if final.get('reads_input') else 'no'}: accuracy "
-          f"{final['accuracy']:.3f} against {final['accuracy_fixed']:.3f} for the majority answer; the lower ends "
-          f"of the 95 % intervals over the better trivial answer: {key} {final['reads_low_score']:+.3f}, accuracy "
-          f"{final['reads_low_accuracy']:+.3f}")
+          f"{final.get('accuracy', math.nan):.3f} against {final['accuracy_fixed']:.3f} for the majority answer; "
+          f"lower ends of the 95 % intervals over both trivial answers: {key} "
+          f"{final.get('reads_low_score', math.nan):+.3f}, accuracy {final.get('reads_low_accuracy', math.nan):+.3f}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

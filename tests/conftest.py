@@ -14,7 +14,8 @@ SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "d
          "--set", "train.epochs=3", "--set", "train.reports_per_epoch=2", "--set", "train.report_eval_size=16",
          "--set", "space.budget.num_samples=6", "--set", "space.sampler.n_startup_trials=2",
          "--set", "space.asha.grace_period=1", "--set", "space.asha.reduction_factor=2",
-         "--set", "space.budget.seeds=2", "--set", "space.budget.seed_top=1", "--set", "space.asha.defer_until=2"]
+         "--set", "space.budget.seeds=2", "--set", "space.budget.seed_top=1", "--set", "space.asha.defer_until=2",
+         "--set", "space.asha.margin=0"]
 
 
 def search_cmd(runs: Path, *extra: str) -> list[str]:

@@ -36,10 +36,12 @@ def test_full_budget_ranking_ignores_stopped_trials():
 
 
 def test_option_effects_average_full_budget_trials_per_value():
-    effects = {(e.dimension, e.value): e for e in analysis.option_effects(ROWS, "score")}
+    rows = [*ROWS, _row("e", parse_design("instruction=last"), 0.2)]
+    effects = {(e.dimension, e.value): e for e in analysis.option_effects(rows, "score")}
     assert math.isclose(effects[("instruction", "first")].mean, 0.45) and effects[("instruction", "first")].n == 2
-    assert effects[("instruction", "last")].n == 1  # the stopped 'last' trial is not counted
+    assert effects[("instruction", "last")].n == 2  # the stopped 'last' trial is not counted
     assert ("unmentioned", "placeholder") not in effects  # a dimension that never varied is left out
+    assert ("output_format", "json") not in effects  # one full-budget json trial: below the minimum n
 
 
 def test_pareto_front_keeps_only_non_dominated_designs():
@@ -103,12 +105,17 @@ def test_pareto_front_and_ood_ranking_leave_out_unmeasured_ood_splits():
 
 
 def test_effects_at_the_common_report_count_stopped_trials_too():
-    rows = [TrialRow("a", ES_SDE, {}, "full", {"score": 0.6}, history=[{"report": 1, "score": 0.1},
-                                                                         {"report": 2, "score": 0.6}]),
-            TrialRow("b", parse_design("output_format=json"), {}, "stopped", {"score": 0.0},
-                     history=[{"report": 1, "score": 0.0}])]
+    def row(tid: str, design: Design, status: str, scores: list[float]) -> TrialRow:
+        return TrialRow(tid, design, {}, status, {"score": scores[-1]},
+                        history=[{"report": k, "score": v} for k, v in enumerate(scores, 1)])
+
+    json_design = parse_design("output_format=json")
+    rows = [row("a", ES_SDE, "full", [0.1, 0.6]), row("b", parse_design("label_style=number"), "full", [0.3, 0.5]),
+            row("c", json_design, "stopped", [0.0]), row("d", parse_design("output_format=json,label_style=number"),
+                                                          "stopped", [0.2])]
     at, effects = analysis.effects_at_common_report(rows, "score")
     assert at == 1
     fmt = {e.value: e for e in effects if e.dimension == "output_format"}
-    assert fmt["json"].n == 1 and fmt["lines"].mean == pytest.approx(0.1)
-    assert [e.n for e in analysis.option_effects(rows, "score")] == []  # one survivor: no effect to show
+    assert fmt["json"].n == 2 and fmt["json"].mean == pytest.approx(0.1) and fmt["lines"].mean == pytest.approx(0.2)
+    survivors = {(e.dimension, e.value) for e in analysis.option_effects(rows, "score")}
+    assert ("output_format", "json") not in survivors  # no json trial survived: survivorship, shown above

@@ -117,7 +117,8 @@ CATEGORIES = {
                               "top_level_list.yaml", "spaces/top_level_list.yaml", "spaces/startup_trials.yaml",
                               "spaces/asha_grace_too_long.yaml",
                               "spaces/output_format_xml.yaml", "spaces/unknown_baseline.yaml"],
-    "kappa weights that do not fit the labels": ["kappa_weights_shape.yaml", "kappa_weights_entities.yaml"],
+    "kappa weights that do not fit the labels": ["kappa_weights_shape.yaml", "kappa_weights_entities.yaml",
+                                                 "kappa_weights_diagonal.yaml"],
 }
 
 

@@ -288,6 +288,6 @@ def test_report_range_reads_the_space_train_block(space_sets: list[str], expecte
 def test_a_grace_period_no_trial_reaches_is_an_error_only_for_a_new_search() -> None:
     task = load_task(ROOT / "examples" / "demo_masa.yaml")
     space = load_space(ROOT / "search_spaces" / "quick.yaml", ["train.epochs=2"])
-    with pytest.raises(ConfigError, match="asha.grace_period: 2 reports, but a trial makes only 2"):
+    with pytest.raises(ConfigError, match="asha.grace_period: 3 reports, but a trial makes only 2"):
         check_compatible(task, space, "quick.yaml")
     check_compatible(task, space, "quick.yaml", new_search=False)  # report / export / resume of an earlier run

@@ -61,7 +61,7 @@ def test_a_perfect_answer_reads_the_input_and_the_fixed_answer_does_not(task):
     assert perfect.reads and perfect.why_not() == ""
     assert all(m.low > 0 for m in perfect.margins.values())
     parrot = verdicts.reads_input(_scorer(task), golds, [[fixed] * len(golds)], fixed, _empty(task), samples=200)
-    assert not parrot.reads and "no better than a trivial answer" in parrot.why_not()
+    assert not parrot.reads and "not above both trivial answers" in parrot.why_not()
 
 
 def test_shuffled_answers_do_not_read_the_input_even_when_kappa_is_not_zero(task):
@@ -100,7 +100,7 @@ def _fake_stage(task, tmp_path: Path, answers_by_design: dict, n_seeds: int = 3)
     """Writes seed-stage files whose parsed answers are given per design and split; returns (cands, results, jobs)."""
     rows = [TrialRow(f"t{i}", d, {}, "full", {"score": 1.0 - i / 10}) for i, d in enumerate(answers_by_design)]
     cands = seeds.candidates(rows, "score", top=len(rows))
-    jobs = seeds.plan(task, rows, cands, {}, n_seeds, tmp_path)
+    jobs = seeds.plan(task, cands, {}, n_seeds, tmp_path)
     results = {}
     for job in jobs:
         splits = {}
@@ -161,17 +161,33 @@ def test_judge_says_no_design_reads_the_input_and_calls_no_gain_real(task, tmp_p
     assert verdict["gains"] and not any(g["real"] for g in verdict["gains"])
 
 
-def test_plan_reuses_the_trial_checkpoint_for_the_first_seed_only(task, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    rows = [TrialRow("a", ES_SDE, {"lr": 0.01}, "full", {"score": 0.5}, checkpoint=str(ckpt)),
-            TrialRow("b", PAPER_BASELINE, {"lr": 0.02}, "full", {"score": 0.4}, checkpoint=str(ckpt))]
+def test_plan_trains_fresh_seeds_at_the_best_trial_s_hparams(task, tmp_path):
+    rows = [TrialRow("a", ES_SDE, {"lr": 0.01}, "full", {"score": 0.5}),
+            TrialRow("b", PAPER_BASELINE, {"lr": 0.02}, "full", {"score": 0.4})]
     cands = seeds.candidates(rows, "score", top=1)
     assert [c.roles for c in cands] == [["top1", "es_sde"], ["paper_baseline"]]
-    jobs = seeds.plan(task, rows, cands, {"lr": 0.01}, 3, tmp_path)
-    assert [j.seed for j in jobs] == [0, 1, 2, 0, 1, 2]
-    assert [j.checkpoint is not None for j in jobs] == [True, False, False, False, False, False]  # b: other lr
+    jobs = seeds.plan(task, cands, {"lr": 0.01}, 3, tmp_path)
+    assert [j.seed for j in jobs] == [1, 2, 3, 1, 2, 3]  # never the search's seed 0, whose scores chose the top
     assert all(dict(j.hparams) == {"lr": 0.01} for j in jobs)  # every candidate at the best trial's hparams
+
+
+def test_a_saved_run_counts_only_for_its_own_job_and_records(task, tmp_path):
+    job = seeds.plan(task, seeds.candidates([], "score", top=0), {}, 1, tmp_path)[0]
+    records = [{"id": r.id, "output": "", "parsed": {}, "errors": []} for r in task.splits["test_id"]]
+    data = {"design": job.design.to_params(), "seed": job.seed, "hparams": {"seed": job.seed},
+            "splits": {"test_id": {"metrics": {}, "records": records}}}
+    assert seeds.matches(task, job, data)
+    assert not seeds.matches(task, job, {**data, "seed": job.seed + 1})
+    shorter = {**data, "splits": {"test_id": {"metrics": {}, "records": records[:-1]}}}
+    assert not seeds.matches(task, job, shorter)  # the task's test set changed since: train it again
+
+
+def test_one_seed_per_side_is_never_a_real_gain(task):
+    golds = _golds(task)
+    better, worse = _noisy(golds, task, 0.05, 1), _noisy(golds, task, 0.6, 2)
+    one = verdicts.gain(_scorer(task), golds, [better], [worse], samples=100)["score"]
+    assert one.real and not one.seed_noise  # the interval cannot hold seed noise it never saw
+    assert verdicts.t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
 
 
 def test_kappa_weights_from_the_task_file_change_the_score(task):
