@@ -351,9 +351,9 @@ def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
     md += _table(["design", "role", "seeds", f"eval {key}", "eval accuracy", "majority acc", "reads input (eval)",
                   f"test {key}", "test accuracy", "majority acc", "reads input (test)", f"test OOD {key}",
                   "OOD format err", "OOD distinct"], lines)
-    md += ["", f"Mean ± sd over seeds. Reads the input: beats the better trivial answer (each slot's most common "
-           f"training value, or all empty) on {key} and on accuracy, the lower end of the 95 % interval above 0 "
-           "(records and seeds resampled). The winner is the best mean eval score among designs that read the "
+    md += ["", f"Mean ± sd over seeds. Reads the input: beats both trivial answers (each slot's most common "
+           f"training value; all empty) on {key} and on accuracy, the lower end of the 95 % interval (test records "
+           "and seeds, method below) above 0. The winner is the best mean eval score among designs that read the "
            "input on eval.", ""]
     for c in verdict["candidates"]:
         for split, label in (("eval_id", "eval"), ("test_id", "test"), ("eval_ood", "eval OOD"),
@@ -364,7 +364,8 @@ def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
             elif entry and split.endswith("_id") and not entry["reads_input"]:
                 md.append(f"- {c['short']}, {label}: {entry['why_not_reading']}")
     if verdict.get("gains"):
-        md += ["", "Gains of the winner on the test sets:", ""]
+        md += ["", "The winner against every other design of the stage, on the test sets (against the runners-up: "
+               "is its lead real?):", ""]
         for g in verdict["gains"]:
             split = "ID" if g["split"] == "test_id" else "OOD"
             if "delta" in g:
@@ -556,9 +557,12 @@ def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metri
                 entry = cand["splits"].get(split)
                 if entry and entry["measured"]:
                     final[f"{role}_{split}_score_mean"] = entry["score_mean"]
+    tags = {"sde.verdict": verdict.get("headline", "no verdict: the seed stage did not run"),
+            "sde.reads_input": str(bool(verdict.get("reads_input"))).lower(),
+            "sde.winner": str(verdict.get("winner") or "-")}
     _tracked("attaching the report", tracking.log_to_parent, info,
              [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv", "trials.json", "verdict.json",
-                                    "plots")], final)
+                                    "plots")], final, tags)
     _tracked("closing the parent run", tracking.close_parent, info)
     print("\n" + text)
     print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: mlflow ui --backend-store-uri {info.tracking_uri} "

@@ -204,12 +204,12 @@ def _split_summary(task: Task, split: str, runs: Sequence[Mapping[str, Any]], sa
     bad = [r for r in reasons if r]
     out["measured"] = not bad
     out["why_not_measured"] = f"{len(bad)} of {len(runs)} seeds: {bad[0]}" if bad else ""
-    check = verdicts.reads_input(lambda g, p: task.score(g, p, split), golds, answers, task.fixed_answer(split),
-                                 dict.fromkeys(task.slots_for(split), task.kind.empty(task.unmentioned)),
-                                 samples=samples)
-    out["reads"] = check.to_json()
-    out["reads_input"] = check.reads and not bad
-    out["why_not_reading"] = check.why_not() or (out["why_not_measured"] if bad else "")
+    check = None if bad else verdicts.reads_input(  # a degenerate split reads nothing: no bootstrap needed
+        lambda g, p: task.score(g, p, split), golds, answers, task.fixed_answer(split),
+        dict.fromkeys(task.slots_for(split), task.kind.empty(task.unmentioned)), samples=samples)
+    out["reads"] = check.to_json() if check else {}
+    out["reads_input"] = bool(check and check.reads)
+    out["why_not_reading"] = check.why_not() if check else out["why_not_measured"]
     return out
 
 
@@ -262,7 +262,7 @@ def judge(task: Task, cands: Sequence[Candidate], results: Mapping[Path, Mapping
     test_ok = all(winner["splits"][s]["reads_input"] for s in test_needed)
     verdict["reads_input"] = bool(reading) and test_ok
     verdict["headline"] = _headline(task, winner, bool(reading), test_ok, needed, test_needed)
-    for ref in (e for e in table if e is not winner and {"es_sde", "paper_baseline"} & set(e["roles"])):
+    for ref in (e for e in table if e is not winner):  # the presets, and the runners-up: is the lead real?
         for split in ("test_id", "test_ood"):
             reads = bool(reading) and winner["splits"].get(split, {}).get("reads_input", False)
             verdict["gains"].append(_gain(task, split, winner, ref, by_design, reads, samples))

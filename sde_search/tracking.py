@@ -89,9 +89,12 @@ def tag_runs(info: RunInfo, rows: Sequence[TrialRow], winner: TrialRow | None) -
             c.set_terminated(run.info.run_id, status="FAILED")
 
 
-def log_to_parent(info: RunInfo, files: Sequence[Path], metrics: Mapping[str, float]) -> None:
-    """Attaches files (report, plots; folders keep their name) and final metrics to the parent run."""
+def log_to_parent(info: RunInfo, files: Sequence[Path], metrics: Mapping[str, float],
+                  tags: Mapping[str, str] | None = None) -> None:
+    """Attaches files (report, plots; folders keep their name), final metrics and tags to the parent run."""
     c = client(info)
+    for k, v in (tags or {}).items():
+        c.set_tag(info.parent_run_id, k, v[:5000])  # MLflow's limit on a tag value
     for path in files:
         if path.is_dir():
             c.log_artifacts(info.parent_run_id, str(path), artifact_path=path.name)

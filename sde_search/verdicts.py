@@ -32,7 +32,7 @@ Scorer = Callable[[Sequence[Answer], Sequence[Answer]], Mapping[str, float]]
 CHECKED = ("score", "accuracy")
 """The metrics a design must beat the trivial answers on."""
 
-BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SAMPLES = 500
 METHOD = ("difference of the mean scores over training seeds; 95 % interval = difference +- t x SE, where SE^2 = "
           "the variance of a paired bootstrap over the scored records (both sides' seed-averaged scores on the same "
           "resampled records) + each side's between-seed variance / its number of seeds, and t has the "

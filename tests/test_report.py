@@ -49,8 +49,11 @@ def test_report_files_sections_and_mlflow_artifacts(small_search):
     assert len(rows) == 6 and all(r["history"] for r in rows)
     client, _, parent = _parent(runs, "it")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.md", "best_design.yaml", "trials.csv", "plots"} <= artifacts
-    assert "best_score" in parent.data.metrics and "ray_init_s" in parent.data.metrics
+    assert {"report.md", "best_design.yaml", "trials.csv", "plots", "verdict.json"} <= artifacts
+    assert "reads_input" in parent.data.metrics and "ray_init_s" in parent.data.metrics
+    summary = json.loads((run / "summary.json").read_text())
+    assert parent.data.tags["sde.verdict"] == summary["headline"] and summary["headline"]  # the verdict in MLflow
+    assert parent.data.tags["sde.reads_input"] == str(summary["reads_input"]).lower()
 
 
 def test_report_command_rebuilds_the_same_report(small_search):

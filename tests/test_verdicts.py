@@ -208,3 +208,35 @@ def test_kappa_weights_from_the_task_file_change_the_score(task):
 def test_no_inst_designs_get_no_ood_score(task):
     assert not task.ood_measurable(parse_design("instruction=none"))
     assert task.ood_measurable(ES_SDE)
+
+
+def test_the_report_puts_the_verdict_first_and_names_what_is_not_measured(task, tmp_path):
+    """report.build from run-folder files alone: headline first, unmeasured splits named, no importance table."""
+    from sde_search import analysis, report
+    from sde_search.config import load_space
+
+    good = parse_design("output_format=natural,unmentioned=omit")
+    (tmp_path / "seeds").mkdir()
+    cands, results, jobs = _fake_stage(task, tmp_path / "seeds", {
+        good: lambda split, seed: _noisy(_golds(task, split), task, 0.05, seed),
+        ES_SDE: lambda split, seed: _noisy(_golds(task, split), task, 0.6, 50 + seed),
+        PAPER_BASELINE: lambda split, seed: [task.fixed_answer(split)] * len(task.splits[split])})
+    verdict = seeds.judge(task, cands, results, jobs, samples=100)
+    verdict.update(hparams={}, seeds=3)
+    rows = [TrialRow("t1", good, {}, "full", {"score": 0.7, "measured": 1.0, "score_ood": 0.0, "measured_ood": 0.0,
+                                              "accuracy": 0.9, "accuracy_fixed": 0.6, "reads_input": 1.0}),
+            TrialRow("t2", PAPER_BASELINE, {}, "full", {"score": 0.0, "measured": 0.0, "score_ood": 0.0,
+                                                        "measured_ood": 0.0})]
+    analysis.save_rows(tmp_path / "trials.json", rows)
+    (tmp_path / "verdict.json").write_text(json.dumps(verdict))
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "name": "fake", "space_path": str(ROOT / "search_spaces" / "quick.yaml"), "metric": "score", "wall_s": 60.0,
+        "max_concurrent": 2, "steps_per_trial": 300, "winner": "t1"}))
+    text = report.build(tmp_path, task, load_space(ROOT / "search_spaces" / "quick.yaml"))
+    lines = text.splitlines()
+    assert lines[2] == f"**{verdict['headline']}**" and "reads the input" in lines[2]
+    assert "| 2 | t2 | last/exclude/natural/placeholder/text/none | - | not measured |" in text  # never 0.000
+    assert "not measured: 3 of 3 seeds: all 60 predictions are the same answer" in text
+    assert "No importance table: 1 full-budget trials" in text
+    assert "## ID / OOD Pareto front" not in text and "OOD not measured for 1 of 1" in text
+    assert "Method: difference of the mean scores over training seeds" in text
