@@ -255,8 +255,13 @@ def judge(task: Task, cands: Sequence[Candidate], results: Mapping[Path, Mapping
                                "winner": winner["short"] if winner else None,
                                "winner_design": winner["design"] if winner else None}
     if winner is None:
-        verdict.update(reads_input=False, headline="No design of the seed stage has 2 finished seed runs with a "
-                       "measured eval score; no winner.")
+        ran = [e for e in table if len(e["seeds"]) >= min(2, e["planned_seeds"]) and e["seeds"]]
+        verdict.update(reads_input=False, headline=(
+            "No design reads the input at this budget: every design of the seed stage wrote one constant answer "
+            "(or only format errors) on the eval set, so nothing was measured; no winner. To change that: more "
+            "training records or steps (train.epochs), a larger model (model.name), or a higher lr." if ran else
+            "No winner: the seed stage's runs failed (each design needs 2 finished seed runs); see the warnings "
+            "above, then: sde-search report RUN --rescore"))
         return verdict
     test_needed = [s.replace("eval_", "test_") for s in needed if s.replace("eval_", "test_") in winner["splits"]]
     test_ok = all(winner["splits"][s]["reads_input"] for s in test_needed)

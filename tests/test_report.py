@@ -123,11 +123,14 @@ def test_robust_logs_a_table_and_nested_runs(small_search):
     table = (runs / "it" / "robust.md").read_text()
     assert table.count("\n| ") >= 2 and "sampling (5 seeds)" in table
     results = json.loads((runs / "it" / "robust.json").read_text())
-    assert len(results) == 2 and all(r["paraphrases"] == 2 for r in results)
+    from sde_search.analysis import full_budget, load_rows
+
+    measured = {r.design for r in full_budget(load_rows(runs / "it" / "trials.json"), "score") if r.checkpoint}
+    assert len(results) == min(2, len(measured)) >= 1 and all(r["paraphrases"] == 2 for r in results)
     client, exp, parent = _parent(runs, "it")
     robust = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
                                 "and tags.`sde.kind` = 'robust'")
-    assert len(robust) == 2 and all("sampling_mean" in r.data.metrics for r in robust)
+    assert len(robust) == len(results) and all("sampling_mean" in r.data.metrics for r in robust)
 
 
 def test_warm_start_enqueues_the_earlier_winner(small_search):

@@ -240,3 +240,13 @@ def test_the_report_puts_the_verdict_first_and_names_what_is_not_measured(task, 
     assert "No importance table: 1 full-budget trials" in text
     assert "## ID / OOD Pareto front" not in text and "OOD not measured for 1 of 1" in text
     assert "Method: difference of the mean scores over training seeds" in text
+
+
+def test_no_winner_when_every_design_writes_one_constant_answer(task, tmp_path):
+    def parrot(split, seed):
+        return [task.fixed_answer(split)] * len(task.splits[split])
+
+    cands, results, jobs = _fake_stage(task, tmp_path, {ES_SDE: parrot, PAPER_BASELINE: parrot})
+    verdict = seeds.judge(task, cands, results, jobs, samples=50)
+    assert verdict["winner"] is None and not verdict["reads_input"]
+    assert "nothing was measured; no winner" in verdict["headline"]
