@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "data.max_test=16",
-         "--set", "train.epochs=6", "--set", "train.reports_per_epoch=1", "--set", "train.report_eval_size=16",
+SMALL = ["--set", "data.max_train=400", "--set", "data.max_eval=16", "--set", "data.max_test=16",
+         "--set", "train.epochs=3", "--set", "train.reports_per_epoch=2", "--set", "train.report_eval_size=16",
          "--set", "space.budget.num_samples=6", "--set", "space.sampler.n_startup_trials=2",
          "--set", "space.asha.grace_period=1", "--set", "space.asha.reduction_factor=2",
          "--set", "space.budget.seeds=2", "--set", "space.budget.seed_top=1",
@@ -20,7 +20,7 @@ SMALL = ["--set", "data.max_train=200", "--set", "data.max_eval=16", "--set", "d
 
 
 def search_cmd(runs: Path, *extra: str) -> list[str]:
-    """``sde-search`` on the demo MASA task with a small budget (6 trials, 6 epochs, 200 records)."""
+    """``sde-search`` on the demo MASA task with a small budget (6 trials, 3 epochs of 400 records: 75 steps)."""
     return [sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"),
             "--runs-dir", str(runs), *SMALL, *extra]
 

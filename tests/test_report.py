@@ -36,7 +36,7 @@ def test_report_files_sections_and_mlflow_artifacts(small_search):
     text = (run / "report.md").read_text()
     for section in ("## Cost of the search", "## Leaderboard (full budget", "## Stopped early",
                     "## Seed stage: 2 training seeds", "## Per-option effects", "## Figures", "majority acc",
-                    "## Cost per design", "Method: 95 % percentile bootstrap", "exhaustive grid", "fixed answer",
+                    "## Cost per design", "Method: difference of the mean scores", "exhaustive grid", "fixed answer",
                     "survivors only", "No importance table: "):
         assert section in text, section
     assert text.splitlines()[2].startswith("**")  # the verdict's headline comes first
