@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+NO_SEED_STAGE = ("--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0")  # not what these tests test
+
+
 def _cmd(runs: Path, *extra: str) -> list[str]:
     return search_cmd(runs, *extra)
 
@@ -150,7 +153,8 @@ def test_joins_an_existing_cluster_with_address(tmp_path):
                             start_new_session=True)  # its own process group: stopped below, never `ray stop`
     try:
         _wait_listening(port)
-        small = [a.replace("num_samples=6", "num_samples=3") for a in _cmd(tmp_path / "runs", "--name", "joined")]
+        small = [a.replace("num_samples=6", "num_samples=3") for a in _cmd(tmp_path / "runs", "--name", "joined",
+                                                                           *NO_SEED_STAGE)]
         proc = subprocess.run([*small, "--address", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -170,7 +174,8 @@ def test_failing_trials_never_take_the_search_down(tmp_path):
     env = {**_env(tmp_path), "SDE_FAULT": "raise@1:output_format=json,nan@1:label_style=number,"
                                           "oom@1:unmentioned=omit,raise_once@2:instruction=first",
            "SDE_FAULT_MARK": str(tmp_path / "mark")}
-    proc = subprocess.run(_cmd(runs, "--name", "faults", "--set", "space.budget.max_failures=1"), cwd=tmp_path,
+    proc = subprocess.run(_cmd(runs, "--name", "faults", "--set", "space.budget.max_failures=1", *NO_SEED_STAGE),
+                          cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (runs / "faults" / "report.md").read_text()
@@ -222,7 +227,7 @@ def test_tracking_server_goes_away_and_every_listener_is_loopback(tmp_path):
     try:
         _wait_listening(port)
         search = subprocess.Popen(_cmd(tmp_path / "runs", "--name", "away", "--tracking-uri",
-                                       f"http://127.0.0.1:{port}"),
+                                       f"http://127.0.0.1:{port}", *NO_SEED_STAGE),
                                   cwd=tmp_path, env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         seen: list[tuple[str, int, str]] = []
