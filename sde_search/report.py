@@ -177,8 +177,7 @@ def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> verdicts.Inte
     if not path.exists():
         return None
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    golds = [{k: tuple(v) for k, v in r["gold"].items()} for r in records]
-    preds = [{k: tuple(v) for k, v in r["parsed"].items()} for r in records]
+    golds, preds = seeds.answers(records, "gold"), seeds.answers(records)
     fixed = [task.fixed_answer(split)] * len(golds)
     return verdicts.gain(lambda g, p: task.score(g, p, split), golds, [preds], [fixed])["score"]
 

@@ -107,16 +107,14 @@ def run_job(task: Task, job: Job, threads: int) -> dict[str, Any]:
         final = train.fit(task, job.design, hp, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
         checkpoint = sorted(Path(tmp).glob("report-*"))[-1]
         texts: dict[str, list[str]] = json.loads((checkpoint / "generations.json").read_text())
-        scores = {split: {k.removesuffix("_ood" if split.endswith("_ood") else ""): v for k, v in final.items()
-                          if k.endswith("_ood") == split.endswith("_ood")} for split in texts}
+        scores = {split: _of_split(final, split) for split in texts}
         for split in (s for s in SPLITS if s.startswith("test_") and s in task.splits):
             found: dict[str, list[str]] = {}
             metrics = train.evaluate_checkpoint(task, job.design, hp, str(checkpoint), splits=[split],
                                                 threads=threads, outputs=found)[0]
             if split in found:  # else not scored (a No-inst design on OOD slots)
                 texts[split] = found[split]
-                scores[split] = {k.removesuffix("_ood" if split.endswith("_ood") else ""): v
-                                 for k, v in metrics.items()}
+                scores[split] = _of_split(metrics, split)
         out: dict[str, Any] = {"design": job.design.to_params(), "hparams": hp, "seed": job.seed, "splits": {}}
         for split, generations in texts.items():
             ood = split.endswith("_ood")
@@ -129,6 +127,12 @@ def run_job(task: Task, job: Job, threads: int) -> dict[str, Any]:
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _of_split(metrics: Mapping[str, float], split: str) -> dict[str, float]:
+    """A split's own keys of a trial's metrics, without the ``_ood`` suffix the OOD splits' keys carry."""
+    ood = split.endswith("_ood")
+    return {k.removesuffix("_ood"): v for k, v in metrics.items() if k.endswith("_ood") == ood}
 
 
 def matches(task: Task, job: Job, data: Mapping[str, Any]) -> bool:
@@ -179,15 +183,16 @@ def run(task: Task, jobs: Sequence[Job], *, workers: int, threads: int) -> dict[
 # ---------------------------------------------------------------- the judgement (pure)
 
 
-def _answers(records: Sequence[Mapping[str, Any]]) -> list[dict[str, tuple[str, ...]]]:
-    return [{k: tuple(v) for k, v in r["parsed"].items()} for r in records]
+def answers(records: Sequence[Mapping[str, Any]], key: str = "parsed") -> list[dict[str, tuple[str, ...]]]:
+    """The answers saved under ``key`` (``parsed`` or ``gold``) of per-record JSON lines, values as tuples."""
+    return [{k: tuple(v) for k, v in r[key].items()} for r in records]
 
 
 def _split_summary(task: Task, split: str, runs: Sequence[Mapping[str, Any]], samples: int) -> dict[str, Any]:
     """Mean and sd over seeds, whether the split measures anything, and the reads-the-input test."""
     golds = [task.gold(r, split) for r in task.splits[split]]
-    answers = [_answers(run["records"]) for run in runs]
-    reasons = [verdicts.degenerate(a, [r["errors"] for r in run["records"]]) for a, run in zip(answers, runs,
+    predicted = [answers(run["records"]) for run in runs]
+    reasons = [verdicts.degenerate(a, [r["errors"] for r in run["records"]]) for a, run in zip(predicted, runs,
                                                                                             strict=True)]
     ms = [run["metrics"] for run in runs]
 
@@ -205,7 +210,7 @@ def _split_summary(task: Task, split: str, runs: Sequence[Mapping[str, Any]], sa
     out["measured"] = not bad
     out["why_not_measured"] = f"{len(bad)} of {len(runs)} seeds: {bad[0]}" if bad else ""
     check = None if bad else verdicts.reads_input(  # a degenerate split reads nothing: no bootstrap needed
-        lambda g, p: task.score(g, p, split), golds, answers, task.fixed_answer(split),
+        lambda g, p: task.score(g, p, split), golds, predicted, task.fixed_answer(split),
         dict.fromkeys(task.slots_for(split), task.kind.empty(task.unmentioned)), samples=samples)
     out["reads"] = check.to_json() if check else {}
     out["reads_input"] = bool(check and check.reads)
@@ -324,7 +329,7 @@ def _gain(task: Task, split: str, winner: Mapping[str, Any], ref: Mapping[str, A
     if unmeasured:
         return {**out, "real": False, "note": "not measured: " + "; ".join(unmeasured)}
     golds = [task.gold(r, split) for r in task.splits[split]]
-    runs = [[_answers(r["splits"][split]["records"]) for r in by_design[Design.from_params(e["design"])]]
+    runs = [[answers(r["splits"][split]["records"]) for r in by_design[Design.from_params(e["design"])]]
             for e in (winner, ref)]
     interval = verdicts.gain(lambda g, p: task.score(g, p, split), golds, runs[0], runs[1], samples=samples)["score"]
     real = reads and interval.real and interval.seed_noise
