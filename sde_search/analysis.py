@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sde_search.config import OBJECTIVE_METRIC, ConfigError, not_utf8
 from sde_search.design import DIMENSIONS, Design
+from sde_search.tasks import clip
 
 
 @dataclass
@@ -62,8 +64,237 @@ def save_rows(path: Path, rows: Sequence[TrialRow]) -> None:
 
 
 def load_rows(path: Path) -> list[TrialRow]:
-    """Reads ``trials.json``."""
-    return [TrialRow.from_json(d) for d in json.loads(path.read_text())]
+    """Reads ``trials.json``, checking every row's fields (raises ConfigError naming the file and the row)."""
+    data = read_json(path, list, TRIALS_FIX)
+    problems: list[str] = []
+    for i, item in enumerate(data):
+        problems += _row_problems(item, f"[{i}]")
+    if problems:
+        raise _error(path, problems, TRIALS_FIX)
+    return [TrialRow.from_json({k: v for k, v in d.items() if k in ROW_FIELDS}) for d in data]
+
+
+# ---------------------------------------------------------------- reading the run folder's JSON files
+#
+# A run folder outlives the process that wrote it: a kill mid-write, a full disk or a hand edit can leave any file
+# cut short or with the wrong shape. Each reader checks the shape it relies on, so that such a file ends a command
+# with the file, the key and what was expected, never with a traceback from deep inside the report.
+
+STATUSES = ("full", "stopped", "failed")
+MAX_PROBLEMS = 10
+"""Problems listed per file; a file broken in every row says the rest in one line."""
+TRIALS_FIX = "restore it from the MLflow parent run of the search (artifact trials.json)"
+RUN_FIX = "restore it, or fix it by hand (it names the task, the space and the MLflow runs of the search)"
+SUMMARY_FIX = "fix it, or delete it and run `sde-search report` on the run (it rebuilds summary.json)"
+VERDICT_FIX = ("delete it (the report then has no verdict) or run `sde-search report --rescore` on the run "
+               "(it runs the seed stage again)")
+
+ROW_FIELDS = {"trial_id": "string", "design": "mapping", "hparams": "mapping", "status": "string",
+              "metrics": "mapping", "history": "list?", "error": "string?", "checkpoint": "string|null?"}
+"""``trials.json``: each row's keys and their JSON kinds (``?``: may be absent)."""
+SUMMARY_FIELDS = {"name": "string", "space_path": "string", "metric": "string", "wall_s": "number|null",
+                  "max_concurrent": "integer", "steps_per_trial": "integer", "ray_init_s": "number|null?",
+                  "winner": "string|null?", "winner_design": "mapping|null?", "seed_stage_s": "number|null?",
+                  "missing": "list?"}
+"""``summary.json``: the keys the report reads (others are kept as they are)."""
+VERDICT_FIELDS = {"headline": "string?", "candidates": "list?", "gains": "list?", "winner": "string|null?",
+                  "winner_design": "mapping|null?", "reads_input": "boolean?", "method": "string?",
+                  "seeds": "integer?", "hparams": "mapping?"}
+CANDIDATE_FIELDS = {"short": "string", "roles": "list", "seeds": "list", "splits": "mapping"}
+GAIN_FIELDS = {"vs": "string", "roles": "list", "split": "string", "note": "string"}
+KIND_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+              "list": "a list", "mapping": "a JSON object", "null": "null"}
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value from a file, cut to ``limit`` characters (a file may hold anything)."""
+    return clip(repr(value), limit)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {str: "string", float: "number", list: "list", dict: "mapping", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def kind_problem(value: Any, kinds: str) -> str | None:
+    """Why ``value`` is not of ``kinds`` (``"number|null"``; ``number`` takes integers), or None."""
+    kind = _kind(value)
+    allowed = kinds.rstrip("?").split("|")
+    if kind in allowed or (kind == "integer" and "number" in allowed):
+        return None
+    return f"expected {' or '.join(KIND_NAMES[k] for k in allowed)}, got {KIND_NAMES.get(kind, kind)} {shown(value)}"
+
+
+def field_problems(data: Mapping[str, Any], fields: Mapping[str, str], where: str = "") -> list[str]:
+    """``key: what is wrong`` for every field of ``fields`` missing from ``data`` or of the wrong kind."""
+    problems = []
+    for key, kinds in fields.items():
+        if key not in data:
+            if not kinds.endswith("?"):
+                problems.append(f"{where}{'.' if where else ''}{key}: missing")
+            continue
+        why = kind_problem(data[key], kinds)
+        if why:
+            problems.append(f"{where}{'.' if where else ''}{key}: {why}")
+    return problems
+
+
+def _error(path: Path, problems: Sequence[str], fix: str) -> ConfigError:
+    """One error line per problem (at most MAX_PROBLEMS, then how many more), each naming the file and the fix."""
+    lines = [f"{path}: {p}; {fix}" for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"{path}: {len(problems) - MAX_PROBLEMS} more problems of the same kind")
+    return ConfigError(lines)
+
+
+def read_json(path: Path, shape: type[dict] | type[list], fix: str) -> Any:
+    """The parsed content of a run-folder JSON file that must be a JSON object (``dict``) or list.
+
+    Raises:
+        ConfigError: naming the file when it is missing, unreadable, cut short, not JSON or of another shape.
+    """
+    problem, text = None, ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problem = "file not found"
+    except IsADirectoryError:
+        problem = "is a folder, not a JSON file"
+    except UnicodeDecodeError as exc:
+        problem = not_utf8(exc)
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or exc})"
+    else:
+        if not text.strip():
+            problem = "the file is empty (it was cut short, e.g. by a kill or a full disk, while being written)"
+    if problem:
+        raise _error(path, [problem], fix)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        ends = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        cut = " (it ends early: it was cut short while being written)" if ends else ""
+        raise _error(path, [f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{cut}"], fix) from None
+    except RecursionError:
+        raise _error(path, ["nested too deeply to read (not a file this tool wrote)"], fix) from None
+    if not isinstance(data, shape):
+        want = "a JSON object" if shape is dict else "a JSON list"
+        raise _error(path, [f"expected {want}, got {KIND_NAMES.get(_kind(data), _kind(data))} {shown(data, 40)}"], fix)
+    return data
+
+
+def _row_problems(item: Any, where: str) -> list[str]:
+    """What is wrong with one ``trials.json`` row (``where``: its index)."""
+    if not isinstance(item, dict):
+        return [f"{where}: {kind_problem(item, 'mapping')}"]
+    problems = field_problems(item, ROW_FIELDS, where)
+    if isinstance(item.get("status"), str) and item["status"] not in STATUSES:
+        problems.append(f"{where}.status: {shown(item['status'])} is not one of {', '.join(STATUSES)}")
+    if isinstance(item.get("design"), dict):
+        try:
+            Design.from_params(item["design"])
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{where}.design: {str(exc)[:200]}")
+    for i, entry in enumerate(item.get("history") if isinstance(item.get("history"), list) else []):
+        if not isinstance(entry, dict):
+            problems.append(f"{where}.history[{i}]: {kind_problem(entry, 'mapping')}")
+            continue
+        problems += field_problems(entry, {k: "number?" for k in entry}, f"{where}.history[{i}]")
+    return problems
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """Reads ``summary.json``, checking the keys the report and ``--warm-start`` read (raises ConfigError)."""
+    data = read_json(path, dict, SUMMARY_FIX)
+    problems = field_problems(data, SUMMARY_FIELDS)
+    metrics = sorted(set(OBJECTIVE_METRIC.values()), key=list(OBJECTIVE_METRIC.values()).index)
+    if isinstance(data.get("metric"), str) and data["metric"] not in metrics:
+        problems.append(f"metric: {shown(data['metric'])} is not one of {', '.join(metrics)}")
+    if problems:
+        raise _error(path, problems, SUMMARY_FIX)
+    return data
+
+
+def read_verdict(path: Path) -> dict[str, Any]:
+    """Reads ``verdict.json`` (the seed stage's result); ``{}`` when there is none. Raises ConfigError."""
+    if not path.exists():
+        return {}
+    data = read_json(path, dict, VERDICT_FIX)
+    problems = field_problems(data, VERDICT_FIELDS)
+    for key, check in (("candidates", _candidate_problems), ("gains", _gain_problems)):
+        entries = data.get(key)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            why = kind_problem(entry, "mapping")
+            problems += [f"{key}[{i}]: {why}"] if why else check(entry, f"{key}[{i}]")
+    if data.get("candidates"):
+        problems += field_problems(data, {"seeds": "integer", "method": "string"})
+    shorts = [c.get("short") for c in data.get("candidates") or [] if isinstance(c, dict)]
+    if isinstance(data.get("winner_design"), dict):
+        try:
+            Design.from_params(data["winner_design"])
+        except (ValueError, TypeError) as exc:
+            problems.append(f"winner_design: {str(exc)[:200]}")
+        if data.get("winner") not in shorts:
+            problems.append(f"winner: {shown(data.get('winner'))} is not one of the candidates "
+                            f"({', '.join(map(str, shorts[:10])) or 'none listed'})")
+    if problems:
+        raise _error(path, problems, VERDICT_FIX)
+    return data
+
+
+def _candidate_problems(entry: Mapping[str, Any], where: str) -> list[str]:
+    """A seed-stage candidate: its fields and, per split, whether it was measured and reads the input (and why)."""
+    problems = field_problems(entry, CANDIDATE_FIELDS, where)
+    if isinstance(entry.get("roles"), list) and not all(isinstance(r, str) for r in entry["roles"]):
+        problems.append(f"{where}.roles: expected a list of strings, got {shown(entry['roles'])}")
+    splits = entry.get("splits") if isinstance(entry.get("splits"), dict) else {}
+    for split, result in splits.items():
+        at = f"{where}.splits.{split}"
+        why = kind_problem(result, "mapping")
+        if why:
+            problems.append(f"{at}: {why}")
+            continue
+        needs = {"measured": "boolean", "reads_input": "boolean" if str(split).endswith("_id") else "boolean?"}
+        if result.get("measured") is False:
+            needs["why_not_measured"] = "string"
+        elif result.get("reads_input") is False and str(split).endswith("_id"):
+            needs["why_not_reading"] = "string"
+        problems += field_problems(result, needs, at)
+    return problems
+
+
+def _gain_problems(entry: Mapping[str, Any], where: str) -> list[str]:
+    """The winner against one other design: the fields the report prints."""
+    needs = {**GAIN_FIELDS, "text": "string"} if "delta" in entry else GAIN_FIELDS
+    problems = field_problems(entry, needs, where)
+    if isinstance(entry.get("roles"), list) and not all(isinstance(r, str) for r in entry["roles"]):
+        problems.append(f"{where}.roles: expected a list of strings, got {shown(entry['roles'])}")
+    return problems
+
+
+RUN_FIELDS = {"task_path": "string", "space_path": "string", "overrides": "list?"}
+"""``run.json``: what ``report`` / ``export`` / ``robust`` read before anything else."""
+
+
+def read_run_info(folder: Path, fields: Mapping[str, str] = RUN_FIELDS) -> dict[str, Any]:
+    """Reads ``run.json`` and checks ``fields`` (``overrides``: a list of strings); raises ConfigError.
+
+    Keys not named in ``fields`` are left as they are.
+    """
+    path = folder / "run.json"
+    data = read_json(path, dict, RUN_FIX)
+    overrides = data.get("overrides", [])
+    problems = field_problems(data, {k: v for k, v in fields.items() if k != "overrides"})
+    if "overrides" in fields and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        problems.append(f"overrides: expected a list of strings (the search's --set KEY=VALUE), got "
+                        f"{shown(overrides)}")
+    if problems:
+        raise _error(path, problems, RUN_FIX)
+    return data
 
 
 def full_budget(rows: Sequence[TrialRow], metric: str) -> list[TrialRow]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sde_search import preflight, render_check
 from sde_search.config import (
     ConfigError,
     SpaceConfig,
@@ -23,9 +24,11 @@ from sde_search.config import (
     load_space,
     load_task,
     read_yaml,
+    resolve_path,
 )
-from sde_search.design import ES_SDE, PAPER_BASELINE, Design, parse_design
+from sde_search.design import DIMENSIONS, ES_SDE, PAPER_BASELINE, PRESETS, Design, parse_design
 from sde_search.render import parse, render
+from sde_search.tasks import clip
 
 COMMANDS = ("search", "train", "ui", "report", "export", "robust")
 
@@ -34,6 +37,28 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="Task YAML (see examples/demo_masa.yaml).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a task key (e.g. train.lr=1.0e-3, data.root=/data); 'space.' prefix: a space key.")
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 or fewer would do nothing, yet overwrite results)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{clip(repr(text), 50)} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port from 1 to 65535 (0 would bind a random port the printed address does not name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{clip(repr(text), 50)} is not a whole number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is 1 to 65535")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,15 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="Run name (under --runs-dir) or run folder.")
     e.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
     e.add_argument("--design", help="Preset, key=value,... or design YAML (default: the run's best_design.yaml).")
-    e.add_argument("--out", required=True, help="Output folder.")
+    e.add_argument("--out", required=True, help="Output folder: new, or one without the files export writes "
+                   "(export never replaces a file; there is no --force).")
     b = sub.add_parser("robust", help="Re-score the top designs of a search under the paper's perturbations.")
     b.add_argument("run", help="Run name (under --runs-dir) or run folder.")
     b.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
-    b.add_argument("--top", type=int, default=3, help="How many designs (default: 3).")
+    b.add_argument("--top", type=_count, default=3, help="How many designs, at least 1 (default: 3).")
     b.add_argument("--no-retrain", action="store_true", help="Skip the half-training-set retrain.")
     u = sub.add_parser("ui", help="Start the MLflow UI on 127.0.0.1 for the runs folder's store.")
     u.add_argument("--runs-dir", default="runs", help="The runs folder whose mlflow.db to show (default: ./runs).")
-    u.add_argument("--port", type=int, default=5000, help="Port (default: 5000).")
+    u.add_argument("--port", type=_port, default=5000, help="Port, 1 to 65535 (default: 5000).")
     u.add_argument("--host", default="127.0.0.1", help="Bind address (default: 127.0.0.1, this machine only).")
     return parser
 
@@ -136,9 +162,9 @@ def load_task_and_space(task_path: str, space_path: str | None, overrides: Seque
     if space_path is None:
         if task.config.search_space is None:
             raise ConfigError([f"{task.path}: search_space: no search space given (set it or pass --space)"])
-        resolved = (task.path.parent / task.config.search_space).resolve()
+        resolved = resolve_path(task.path.parent / task.config.search_space)
     else:
-        resolved = Path(space_path).resolve()
+        resolved = resolve_path(space_path)
     space = load_space(resolved, space_over)
     check_compatible(task, space, resolved, local=address is None, new_search=new_search)
     return task, space, resolved
@@ -147,12 +173,18 @@ def load_task_and_space(task_path: str, space_path: str | None, overrides: Seque
 def _search(args: argparse.Namespace) -> int:
     task, space, space_path = load_task_and_space(args.task, args.space, args.overrides, args.address,
                                                   new_search=not args.resume)
+    extra = []
+    for spec in args.design if args.check else []:
+        design = load_design(spec)
+        check_design(task, design, f"--design {spec!r}")
+        extra.append(design)
+    uri = None if args.resume else args.tracking_uri  # a resumed search keeps the store it started with
+    problems = [f"--tracking-uri {preflight.cut(uri)}: {p}" for p in preflight.tracking_problems(uri)] if uri else []
+    baselines = [ES_SDE, PAPER_BASELINE, *(PRESETS[b] for b in space.baselines if b in PRESETS)]
+    problems.extend(render_check.problems(task, space, [*baselines, *extra]))  # what --check prints must hold
+    if problems:
+        raise ConfigError(problems)
     if args.check:
-        extra = []
-        for spec in args.design:
-            design = load_design(spec)
-            check_design(task, design, f"--design {spec!r}")
-            extra.append(design)
         print_check(task, space, space_path, extra)
         return 0
     from sde_search import search  # heavy: Ray, MLflow
@@ -174,6 +206,14 @@ def _ui(args: argparse.Namespace) -> int:
     db = (Path(args.runs_dir) / "mlflow.db").resolve()
     if not db.exists():
         raise ConfigError([f"--runs-dir {args.runs_dir}: no mlflow.db there (run a search first)"])
+    if not db.is_file():
+        raise ConfigError([f"{db}: is a folder, not the MLflow store (an SQLite file); remove it or pick another "
+                           "--runs-dir"])
+    with open(db, "rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\x00":
+        raise ConfigError([f"{db}: not an SQLite database (it does not start with 'SQLite format 3'); restore it or "
+                           "pick another --runs-dir"])
     uri = f"sqlite:///{db}"
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger (PITFALLS 7)
@@ -193,42 +233,76 @@ def run_folder(run: str, runs_dir: str) -> Path:
 
 
 def _after_search(args: argparse.Namespace) -> int:
-    """``report`` / ``export`` / ``robust`` on a run folder."""
-    import json
+    """``report`` / ``export`` / ``robust`` on a run folder.
+
+    The folder's files are checked before the task is loaded, anything heavy is imported or anything is written:
+    a broken one ends the command with its name and what is wrong.
+    """
+    from sde_search import analysis
 
     folder = run_folder(args.run, args.runs_dir)
-    info = json.loads((folder / "run.json").read_text())
-    every = ["data.max_train=null", "data.max_eval=null", "data.max_test=null"] if args.command == "export" else []
-    task, space, _ = load_task_and_space(info["task_path"], info["space_path"], [*info.get("overrides", []), *every],
-                                         new_search=False)
+    info = analysis.read_run_info(folder)
     if args.command == "export":
-        from sde_search import export
-
-        spec = args.design or str(folder / "best_design.yaml")
-        if not args.design and not (folder / "best_design.yaml").exists():
-            raise ConfigError([f"{folder}: no best_design.yaml (the search has no winner); pass --design"])
-        design = load_design(spec)
-        check_design(task, design, f"--design {spec!r}")
-        train = {} if args.design else (read_yaml(folder / "best_design.yaml", []).get("train") or {})
-        counts = export.export(task, design, Path(args.out), train)
-        print(f"exported {design.short()} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        print(f"final fine-tune with this tool: sde-search train --task {info['task_path']} "
-              f"--design {Path(args.out) / 'design.yaml'} --full --out final")
-        return 0
+        return _export(args, folder, info)
     if not (folder / "trials.json").exists():
         raise ConfigError([f"{folder}: the search has not finished (no trials.json); resume it with "
                            f"--resume {folder.name}"])
+    analysis.load_rows(folder / "trials.json")
+    if args.command == "report":
+        if (folder / "summary.json").exists():
+            analysis.read_summary(folder / "summary.json")
+        if not args.rescore:  # --rescore writes verdict.json anew
+            analysis.read_verdict(folder / "verdict.json")
+    task, space = _run_task(folder, info)
     from sde_search import report, search
 
-    run_info = search.RunInfo.load(folder)
     if args.command == "report":
         if args.rescore:
             report.rescore(folder, task, space)
         print(report.build(folder, task, space))
         return 0
+    run_info = search.RunInfo.load(folder)
     from sde_search import robust
 
     print(robust.run(run_info, task, args.top, threads=max(1, int(space.resources.cpu)), retrain=not args.no_retrain))
+    return 0
+
+
+def _run_task(folder: Path, info: dict, extra: Sequence[str] = ()) -> tuple[Task, SpaceConfig]:
+    """The task and space a search ran with, as ``run.json`` names them (with its ``--set`` overrides)."""
+    gone = [f"{folder / 'run.json'}: {key}: {clip(info[key])}: file not found ({what} the search ran with); put it "
+            f"back, or fix {key} in run.json" for key, what in (("task_path", "the task"), ("space_path", "the space"))
+            if not Path(info[key]).is_file()]
+    if gone:
+        raise ConfigError(gone)
+    task, space, _ = load_task_and_space(info["task_path"], info["space_path"], [*info.get("overrides", []), *extra],
+                                         new_search=False)
+    return task, space
+
+
+def _export(args: argparse.Namespace, folder: Path, info: dict) -> int:
+    """``export``: the run's best design (or ``--design``) and every record of the task rendered in it."""
+    from sde_search import export
+
+    best = folder / "best_design.yaml"
+    if not args.design and not best.exists():
+        raise ConfigError([f"{folder}: no best_design.yaml (the search has no winner); pass --design"])
+    problems = export.out_problems(Path(args.out))
+    data: dict = {}
+    if not args.design:
+        data = read_yaml(best, problems)
+        if not isinstance(data.get("train") or {}, dict):
+            problems.append(f"{best}: train: expected a mapping of training values (lr: ...), got "
+                            f"{clip(repr(data['train']), 80)}")
+    if problems:
+        raise ConfigError(problems)
+    design = load_design(args.design) if args.design else design_from_yaml(data, best)
+    task, _ = _run_task(folder, info, ["data.max_train=null", "data.max_eval=null", "data.max_test=null"])
+    check_design(task, design, f"--design {args.design or best}")
+    counts = export.export(task, design, Path(args.out), data.get("train") or {})
+    print(f"exported {design.short()} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"final fine-tune with this tool: sde-search train --task {info['task_path']} "
+          f"--design {Path(args.out) / 'design.yaml'} --full --out final")
     return 0
 
 
@@ -236,20 +310,38 @@ def load_design(spec: str) -> Design:
     """A preset, ``key=value,...`` or a design YAML file (raises ConfigError)."""
     if spec.endswith((".yaml", ".yml")):
         path = Path(spec)
-        if not path.is_file():
-            raise ConfigError([f"--design {spec}: file not found"])
         problems: list[str] = []
-        data = read_yaml(path, problems)
+        data = read_yaml(path, problems)  # a missing, unreadable or odd file (FIFO, link loop) is one problem
         if problems:
-            raise ConfigError(problems)
-        data = data.get("design", data)
-        if not isinstance(data, dict):
-            raise ConfigError([f"{path}: design: expected a mapping of dimension: value"])
-        spec = ",".join(f"{k}={v}" for k, v in data.items())
+            raise ConfigError([f"--design {p}" for p in problems])
+        return design_from_yaml(data, path)
     try:
         return parse_design(spec)
     except ValueError as exc:
-        raise ConfigError([f"--design {spec!r}: {exc}"]) from exc
+        raise ConfigError([f"--design {clip(repr(spec))}: {clip(str(exc))}"]) from exc
+
+
+def design_from_yaml(data: dict, path: Path) -> Design:
+    """The design of a design YAML (its ``design:`` mapping, or the mapping itself), e.g. ``best_design.yaml``.
+
+    Each key and value is checked on its own (a value is never spliced into a ``key=value`` spec, where a comma
+    in it would set another dimension); every problem names the file and the key (raises ConfigError).
+    """
+    block = data.get("design", data)
+    if not isinstance(block, dict):
+        raise ConfigError([f"{path}: design: expected a mapping of dimension: value, got {clip(repr(block), 80)}"])
+    problems = []
+    for key, value in block.items():
+        name = str(key).removeprefix("design.")
+        if name not in DIMENSIONS:
+            problems.append(f"{path}: design.{clip(name, 60)}: not a design dimension; allowed: "
+                            f"{', '.join(DIMENSIONS)}")
+        elif not isinstance(value, str) or value not in DIMENSIONS[name]:
+            problems.append(f"{path}: design.{name}: {clip(repr(value), 80)} is not one of "
+                            f"{', '.join(DIMENSIONS[name])}")
+    if problems:
+        raise ConfigError(problems)
+    return Design(**{str(k).removeprefix("design."): v for k, v in block.items()})
 
 
 def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequence[Design]) -> None:
@@ -260,8 +352,9 @@ def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequenc
                                              if task.ood_slots != task.slots else ""))
     print(f"space {space_path.name}: {space.size()} designs; budget {space.budget.num_samples} trials, "
           f"{space.budget.max_concurrent} at once; objective {task.config.objective}")
-    if task.kappa_note():
-        print(f"note: {task.kappa_note()}")
+    for note in [task.kappa_note(), *render_check.notes(task, space)]:
+        if note:
+            print(f"note: {note}")
     record = task.splits["train"][0]
     designs = {"paper_baseline": PAPER_BASELINE, "es_sde": ES_SDE}
     designs.update({d.short(): d for d in extra})

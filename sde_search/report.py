@@ -62,7 +62,10 @@ def _history(result: Any) -> list[dict[str, float]]:
     if frame is None or frame.empty:
         return []
     cols = [c for c in HISTORY_KEYS if c in frame.columns]
-    return [{k: float(v) for k, v in row.items() if v == v} for row in frame[cols].to_dict("records")]
+    rows = [{k: float(v) for k, v in row.items() if v == v} for row in frame[cols].to_dict("records")]
+    # A trial resumed from a checkpoint reports again the steps after it: its last report of each step counts.
+    by_report = {row.get("report", i): row for i, row in enumerate(rows)}
+    return sorted(by_report.values(), key=lambda r: r.get("report", 0))
 
 
 def _error_text(error: Any) -> str:
@@ -149,7 +152,7 @@ def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
     Nothing else runs then, so on CPU it uses every core (one run per core); on a GPU one run at a time.
     """
     rows = analysis.load_rows(run_dir / "trials.json")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = summary_of(run_dir, task, space)
     best = pick_winner(rows, summary["metric"])
     workers = 1 if space.resources.gpu else max(1, os.cpu_count() or 1)
     verdict = final_stage(task, space, rows, best, run_dir, workers=workers, threads=1, redo=True)
@@ -160,7 +163,7 @@ def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
 def _update_summary(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, Any]) -> dict[str, Any]:
     """Writes the verdict's headline, winner and its trial into ``summary.json``."""
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text())
+    summary = analysis.read_summary(path)
     design = verdict.get("winner_design")
     trial = next((r for r in analysis.full_budget(rows, summary["metric"])
                   if design and r.design == Design.from_params(design)), None)
@@ -186,15 +189,25 @@ def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> verdicts.Inte
 
 
 def importances(rows: Sequence[TrialRow], space: SpaceConfig, metric: str) -> tuple[dict[str, float], Any]:
-    """Optuna's fANOVA importance over the full-budget trials; returns (importances, the study)."""
+    """Optuna's fANOVA importance over the full-budget trials; returns (importances, the study).
+
+    A trial whose values the space no longer holds (its file was edited after the search) cannot be placed in
+    the study and is left out; the report counts them.
+    """
     import optuna
 
     searched, _ = optuna_space(space)
     study = optuna.create_study(direction="maximize")
     for r in analysis.full_budget(rows, metric):
         params = {**r.design.to_params(), **{f"train.{k}": v for k, v in r.hparams.items()}}
-        study.add_trial(optuna.trial.create_trial(params={k: params[k] for k in searched},
-                                                  distributions=searched, value=r.value(metric)))
+        if not set(searched) <= set(params):
+            continue
+        try:
+            trial = optuna.trial.create_trial(params={k: params[k] for k in searched}, distributions=searched,
+                                              value=r.value(metric))
+        except ValueError:  # a value outside its distribution
+            continue
+        study.add_trial(trial)
     if len(study.trials) < 3:
         return {}, study
     try:
@@ -285,11 +298,20 @@ def cost_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any], space_size:
              f"- train steps: {c['steps']:.0f} spent, {c['steps_all_full']:.0f} had every trial run to full budget "
              f"({c['steps'] / max(1, c['steps_all_full']):.0%}); an exhaustive grid of all {space_size} designs: "
              f"{c['steps_grid']:.0f} steps ({c['steps'] / max(1, c['steps_grid']):.0%} of it spent)",
-             f"- time: {summary['wall_s'] / 60:.1f} min wall; {c['trial_seconds'] / 60:.1f} min inside trials; "
+             f"- time: {_minutes(summary.get('wall_s'), 'wall')}; {c['trial_seconds'] / 60:.1f} min inside trials; "
              f"the grid would take about {c['grid_seconds_estimate'] / 60:.0f} trial-minutes"]
     if summary.get("seed_stage_s"):
         lines.append(f"- seed stage: {summary['seed_stage_s'] / 60:.1f} min")
     return lines + overhead_lines(rows, summary)
+
+
+def _known(value: Any) -> bool:
+    """A time ``summary.json`` recorded (null or NaN: not known, e.g. in a rebuilt summary)."""
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _minutes(seconds: Any, what: str) -> str:
+    return f"{seconds / 60:.1f} min {what}" if _known(seconds) else f"{what} time unknown"
 
 
 def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list[str]:
@@ -302,11 +324,14 @@ def overhead_lines(rows: Sequence[TrialRow], summary: Mapping[str, Any]) -> list
     in_fit = 0.0 if any(math.isnan(f) for f in fit) else sum(fit)  # trials of an older version report no fit_s
     work = sum(r.value("train_s") + r.value("gen_s") for r in timed)
     width = min(int(summary["max_concurrent"]), len(rows))
-    slots = max(summary["wall_s"] * width, 1e-9)
     n = len(timed)
-    lines = [f"- Ray start: {summary.get('ray_init_s', math.nan):.1f} s; per trial: {inside / n:.1f} s in the trial, "
-             f"of which {work / n:.1f} s training + generation and {(inside - work) / n:.1f} s set-up (imports, "
-             "model build, checkpoints)"]
+    ray_s = summary.get("ray_init_s")
+    lines = [f"- Ray start: {f'{ray_s:.1f} s' if _known(ray_s) else 'unknown'}; per trial: {inside / n:.1f} s in "
+             f"the trial, of which {work / n:.1f} s training + generation and {(inside - work) / n:.1f} s set-up "
+             "(imports, model build, checkpoints)"]
+    if not _known(summary.get("wall_s")):
+        return lines
+    slots = max(summary["wall_s"] * width, 1e-9)
     if in_fit:
         lines.append(f"- trial slots busy {inside / slots:.0%} of {width} x wall, {in_fit / slots:.0%} inside "
                      f"fit(); the rest ({max(0.0, slots - in_fit) / slots:.0%}: Ray start, worker imports, "
@@ -322,12 +347,14 @@ def _mean_sd(split: Mapping[str, Any] | None, key: str = "score") -> str:
         return "-"
     if not split.get("measured", True) and key == "score":
         return "not measured"
-    mean, sd = split[f"{key}_mean"], split[f"{key}_sd"]
-    return _fmt(mean) + ("" if math.isnan(sd) else f" ± {sd:.3f}")
+    mean, sd = split.get(f"{key}_mean"), split.get(f"{key}_sd")
+    if not isinstance(mean, (int, float)):  # a verdict.json of an older version, or edited
+        return "-"
+    return _fmt(float(mean)) + ("" if not _known(sd) else f" ± {sd:.3f}")
 
 
 def _yes_no(split: Mapping[str, Any] | None) -> str:
-    return "-" if not split else ("yes" if split["reads_input"] else "no")
+    return "-" if not split or "reads_input" not in split else ("yes" if split["reads_input"] else "no")
 
 
 def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
@@ -375,17 +402,45 @@ def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
     return md
 
 
+def summary_of(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
+    """``summary.json``, checked (raises ConfigError); when it is gone, rebuilt and written back.
+
+    A rebuilt summary takes the name, the metric and the steps per trial from ``run.json``, the task and the space;
+    the search's times are lost, and its ``missing`` says so (the report shows it).
+    """
+    path = run_dir / "summary.json"
+    if path.exists():
+        return analysis.read_summary(path)
+    info = analysis.read_run_info(run_dir)
+    hp = task.config.train
+    summary = {"name": info["name"] if isinstance(info.get("name"), str) else run_dir.name,
+               "space_path": info["space_path"], "metric": OBJECTIVE_METRIC[task.config.objective], "wall_s": None,
+               "ray_init_s": None, "max_concurrent": space.budget.max_concurrent,
+               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs, "winner": None,
+               "missing": ["summary.json was missing: rebuilt from run.json, the task, the space and verdict.json; "
+                           "the search's wall time is unknown"]}
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def build(run_dir: Path, task: Task, space: SpaceConfig) -> str:
-    """Writes ``report.md``, ``trials.csv``, ``best_design.yaml`` and ``plots/`` from the run folder's files."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    """Writes ``report.md``, ``trials.csv``, ``best_design.yaml`` and ``plots/`` from the run folder's files.
+
+    Every file read is checked first (a broken one raises ConfigError before anything is written); a missing
+    ``summary.json`` is rebuilt, a missing ``verdict.json`` means no seed stage, and the report says so.
+    """
     rows = analysis.load_rows(run_dir / "trials.json")
-    verdict = json.loads((run_dir / "verdict.json").read_text()) if (run_dir / "verdict.json").exists() else {}
+    verdict = analysis.read_verdict(run_dir / "verdict.json")
+    rebuilt = not (run_dir / "summary.json").exists()
+    summary = summary_of(run_dir, task, space)
+    if rebuilt:
+        summary = _update_summary(run_dir, rows, verdict)
     metric = summary["metric"]
     figures = run_dir / "plots"
     figures.mkdir(exist_ok=True)
     headline = verdict.get("headline") or "The seed stage did not run; no verdict."
     md = [f"# sde-search report: {summary['name']}", "", f"**{headline}**", "",
-          *[f"- note: {n}" for n in (task.kappa_note(),) if n],
+          *[f"- note: {n}" for n in (task.kappa_note(), *summary.get("missing", [])) if n],
           f"Task `{task.config.name}` ({task.config.type}), space `{Path(summary['space_path']).name}` "
           f"({space.size()} designs), objective `{task.config.objective}` (metric `{metric}`), model "
           f"`{task.config.model.name}`.", ""]
@@ -460,9 +515,12 @@ def analysis_sections(rows: Sequence[TrialRow], space: SpaceConfig, metric: str,
         md += ["## Option importance", "", f"No importance table: {len(full)} full-budget trials, fewer than the "
                f"{MIN_IMPORTANCE_TRIALS} needed for fANOVA to rank more than noise.", ""]
     elif values:
-        md += [f"## Option importance (Optuna fANOVA over {len(full)} full-budget trials: survivors only)", "",
-               *_table(["parameter", "importance"], [[k, v] for k, v in values.items()]), ""]
+        md += [f"## Option importance (Optuna fANOVA over {len(study.trials)} full-budget trials: survivors only)",
+               "", *_table(["parameter", "importance"], [[k, v] for k, v in values.items()]), ""]
         plots.importance(values, figures / "importance.png")
+    if len(full) >= MIN_IMPORTANCE_TRIALS and len(study.trials) < len(full):
+        md += [f"Importance: {len(full) - len(study.trials)} of {len(full)} full-budget trials are left out: their "
+               "values are not in the space file as it is now (edited after the search?).", ""]
     plots.leaderboard(rows, metric, figures / "leaderboard.png")
     plots.curves(rows, metric, figures / "curves.png")
     html = plots.optuna_html(study, figures) if len(study.trials) >= 2 else []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sde_search import analysis, tracking, train
-from sde_search.config import Task
+from sde_search.config import ConfigError, Task
 from sde_search.search import RunInfo
 
 SAMPLING = [train.Decoding(temperature=0.2, top_k=40, top_p=0.9, seed=s) for s in range(1, 6)]
@@ -64,27 +65,56 @@ def check(task: Task, row: analysis.TrialRow, threads: int, retrain: bool) -> di
     return out
 
 
-def run(info: RunInfo, task: Task, top: int, threads: int = 1, retrain: bool = True) -> str:
-    """Checks the top designs of a finished search; returns the markdown table."""
-    run_dir = Path(info.run_dir)
-    rows = [r for r in analysis.full_budget(analysis.load_rows(run_dir / "trials.json"), "score") if r.checkpoint]
-    seen, chosen = set(), []
-    for r in rows:
-        if r.design not in seen:
-            seen.add(r.design)
+def top_trials(path: Path, top: int) -> list[analysis.TrialRow]:
+    """The best full-budget trial of each of the ``top`` best designs, its checkpoint still on disk.
+
+    Raises:
+        ConfigError: for ``top`` below 1, no such trial, or a chosen trial's checkpoint gone (before anything runs
+            or is written, so an earlier ``robust.json`` stays as it was).
+    """
+    if top < 1:
+        raise ConfigError([f"--top {top}: must be at least 1"])
+    rows = [r for r in analysis.full_budget(analysis.load_rows(path), "score") if r.checkpoint]
+    if not rows:
+        raise ConfigError([f"{path}: no full-budget trial with a checkpoint to re-score; robust.json and robust.md "
+                           "are left as they were"])
+    chosen: list[analysis.TrialRow] = []
+    for r in rows:  # best first: the best trial of each design
+        if r.design not in {c.design for c in chosen}:
             chosen.append(r)
+    chosen = chosen[:top]
+    gone = [r for r in chosen if not Path(str(r.checkpoint)).is_dir()]
+    if gone:
+        where = ", ".join(f"{r.trial_id}: {str(r.checkpoint)[:200]}" for r in gone[:3])
+        raise ConfigError([f"{path}: the checkpoints of the top trials are gone ({where}); robust re-scores them "
+                           "from there (was the run's tune/ folder moved or deleted?)"])
+    return chosen
+
+
+def run(info: RunInfo, task: Task, top: int, threads: int = 1, retrain: bool = True) -> str:
+    """Checks the top designs of a finished search; returns the markdown table.
+
+    ``robust.json`` and ``robust.md`` are written before MLflow is told, so a tracking store that cannot be
+    reached costs the MLflow runs, not the results.
+    """
+    run_dir = Path(info.run_dir)
+    chosen = top_trials(run_dir / "trials.json", top)
     results = []
-    for r in chosen[:top]:
+    for r in chosen:
         print(f"robustness of {r.design.short()} (trial {r.trial_id}) ...", flush=True)
-        res = check(task, r, threads, retrain)
-        results.append(res)
-        tracking.log_nested_run(info, f"robust-{r.trial_id}", {"design": r.design.short(), "trial": r.trial_id},
-                                {k: v for k, v in res.items() if isinstance(v, float)},
-                                {"sde.kind": "robust", "design": r.design.short()})
+        results.append(check(task, r, threads, retrain))
     (run_dir / "robust.json").write_text(json.dumps(results, indent=1))
     md = table(results, task)
     (run_dir / "robust.md").write_text(md)
-    tracking.log_to_parent(info, [run_dir / "robust.md", run_dir / "robust.json"], {})
+    try:
+        for r, res in zip(chosen, results, strict=True):
+            tracking.log_nested_run(info, f"robust-{r.trial_id}", {"design": r.design.short(), "trial": r.trial_id},
+                                    {k: v for k, v in res.items() if isinstance(v, float)},
+                                    {"sde.kind": "robust", "design": r.design.short()})
+        tracking.log_to_parent(info, [run_dir / "robust.md", run_dir / "robust.json"], {})
+    except Exception as exc:  # noqa: BLE001 - the results are on disk; MLflow only mirrors them
+        print(f"warning: MLflow step failed ({type(exc).__name__}: {str(exc)[:200]}); the results are in "
+              f"{run_dir / 'robust.md'}", file=sys.stderr, flush=True)
     return md
 
 

@@ -13,12 +13,12 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sde_search.config import SpaceConfig
+from sde_search.config import Range, SpaceConfig
 
 ENUMERATE_LIMIT = 100_000  # spaces up to this many combinations are listed; larger ones are sampled
 
@@ -124,13 +124,8 @@ def optuna_space(space: SpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             searched[name] = CategoricalDistribution(value)
         elif isinstance(value, list):
             fixed[name] = value[0]
-        elif hasattr(value, "low"):
-            if value.type == "int":
-                searched[name] = IntDistribution(int(value.low), int(value.high), log=value.log,
-                                                                      step=int(value.step or 1))
-            else:
-                searched[name] = FloatDistribution(value.low, value.high, log=value.log,
-                                                                        step=value.step)
+        elif isinstance(value, Range):
+            searched[name] = value.distribution()  # the same distribution --check built
         else:
             fixed[name] = value
     return searched, fixed

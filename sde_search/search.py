@@ -21,11 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sde_search import preflight
 from sde_search.config import OBJECTIVE_METRIC, ConfigError, SpaceConfig, Task, report_range
 from sde_search.design import PRESETS, Design
 
@@ -53,7 +55,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune.utils import flatten_dict  # noqa: E402
 
 from sde_search import report as reporting  # noqa: E402
-from sde_search import tracking  # noqa: E402
+from sde_search import resume, tracking  # noqa: E402
 from sde_search.pruner import EvidenceASHA  # noqa: E402
 from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
 
@@ -75,15 +77,27 @@ class RunInfo:
     overrides: tuple[str, ...] = ()
 
     def save(self) -> None:
-        """Writes ``run.json``."""
+        """Writes ``run.json`` (atomically: a kill leaves the old or the new file)."""
         data = {**self.__dict__, "overrides": list(self.overrides)}
-        Path(self.run_dir, "run.json").write_text(json.dumps(data, indent=2))
+        resume.write_atomic(Path(self.run_dir, "run.json"), json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, run_dir: Path) -> RunInfo:
-        """Reads ``run.json`` of a run directory."""
-        data = json.loads((run_dir / "run.json").read_text())
-        return cls(**{**data, "overrides": tuple(data.get("overrides", ()))})
+        """Reads ``run.json`` of a run directory (raises ConfigError naming it when it is cut short or mistyped).
+
+        Every field must be there with its type (``overrides`` may be absent); keys of other versions are ignored.
+        """
+        import dataclasses
+
+        from sde_search.analysis import read_run_info
+
+        kinds = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "tuple[str, ...]": "list"}
+        optional = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        fields = {f.name: kinds.get(str(f.type), "string|integer|number|boolean|list|mapping|null")
+                  + ("?" if f.name in optional else "") for f in dataclasses.fields(cls)}
+        data = read_run_info(run_dir, fields)
+        return cls(**{**{k: v for k, v in data.items() if k in fields}, "overrides": tuple(data.get("overrides", ()))})
 
 
 # ---------------------------------------------------------------- space
@@ -113,7 +127,7 @@ def baseline_points(space: SpaceConfig, searched: Mapping[str, Any], task: Task,
 
 def warm_designs(runs_dir: Path, runs: Sequence[str], top: int = 3) -> list[Design]:
     """The best ``top`` distinct full-budget designs of each earlier search (``--warm-start``)."""
-    from sde_search.analysis import full_budget, load_rows
+    from sde_search.analysis import full_budget, load_rows, read_summary
 
     designs: list[Design] = []
     for run in runs:
@@ -121,7 +135,10 @@ def warm_designs(runs_dir: Path, runs: Sequence[str], top: int = 3) -> list[Desi
         if folder is None:
             raise ConfigError([f"--warm-start {run}: no finished search there (no trials.json in "
                                f"{runs_dir / run} or {run})"])
-        summary = json.loads((folder / "summary.json").read_text())
+        if not (folder / "summary.json").is_file():
+            raise ConfigError([f"--warm-start {run}: {folder / 'summary.json'}: missing, so the run's metric and "
+                               f"winner are unknown; run `sde-search report {run}` first (it rebuilds summary.json)"])
+        summary = read_summary(folder / "summary.json")
         ranked = full_budget(load_rows(folder / "trials.json"), summary["metric"])
         ranked.sort(key=lambda r: r.trial_id != summary.get("winner"))  # the run's winner first, then by score
         best = [r.design for r in ranked]
@@ -250,8 +267,42 @@ class FullBudgetOptunaSearch(OptunaSearch):
     values, which TPE uses to rank them among the poor ones.
     """
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """Optuna's next design; first, an Optuna trial a killed search had started but Tune never recorded.
+
+        Handing such a trial on keeps the study's trials and Tune's one to one after a resume (a running one
+        first; a finished one is trained again, and the study keeps its result). Each Optuna trial is tagged
+        with its Tune trial id, which is how a resume matches the two.
+        """
+        if trial_id not in self._ot_trials and not callable(self._space):
+            mine = {t.number for t in self._ot_trials.values()}
+            orphans = [t for t in self._ot_study.get_trials(deepcopy=False)
+                       if t.number not in mine and t.state != optuna.trial.TrialState.WAITING]
+            orphans.sort(key=lambda t: (t.state != optuna.trial.TrialState.RUNNING, t.number))
+            if orphans:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans[0]._trial_id)
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            ot_trial = self._ot_trials[trial_id]
+            try:
+                ot_trial.set_user_attr(resume.TUNE_TRIAL_ATTR, trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:  # an adopted finished trial: noted on the study
+                self._ot_study.set_user_attr(f"{resume.TUNE_TRIAL_ATTR}:{ot_trial.number}", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:  # noqa: D102
+        with warnings.catch_warnings(), contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            # a trial resumed from a checkpoint reports its later steps again (Optuna keeps the first), and one
+            # the study already closed reports nothing more
+            warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:  # noqa: D102
         stopped = result is not None and not error and result.get("progress", 1.0) < 1.0
+        if trial_id in self._ot_trials and self._ot_study._storage.get_trial(
+                self._ot_trials[trial_id]._trial_id).state.is_finished():  # adopted after a resume: already told
+            self._completed_trials.add(trial_id)
+            return
         if not stopped or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
@@ -318,9 +369,23 @@ class TrialTracker(MLflowLoggerCallback):
 
     def _start(self, trial: Any, params: list[Param]) -> None:
         if trial not in self._trial_runs:
-            tags = {**self.tags, "trial_name": str(trial)}
-            self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
+            earlier = self._earlier_run(str(trial))
+            if earlier is not None:  # a resumed trial keeps the run it had before the driver was killed
+                self.client().update_run(earlier, status="RUNNING")
+                self._trial_runs[trial] = earlier
+            else:
+                tags = {**self.tags, "trial_name": str(trial)}
+                self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
         self.client().log_batch(self._trial_runs[trial], params=params)
+
+    def _earlier_run(self, name: str) -> str | None:
+        exp = self.client().get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            return None
+        runs = self.client().search_runs([exp.experiment_id], f"tags.trial_name = '{name}' and "
+                                         f"tags.mlflow.parentRunId = '{self.tags['mlflow.parentRunId']}'",
+                                         max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
 
     def _result(self, trial: Any, metrics: list[Metric]) -> None:
         self.client().log_batch(self._trial_runs[trial], metrics=metrics)
@@ -370,7 +435,10 @@ def tracking_uri_for(runs_dir: Path, given: str | None, task: Task) -> str:
 
 
 def check_tracking(uri: str) -> None:
-    """Fails early, before any training, when an MLflow server cannot be reached."""
+    """Fails early, before any training, when MLflow could not open the tracking store or reach its server."""
+    problems = preflight.tracking_problems(uri)  # the part --check runs too
+    if problems:
+        raise ConfigError([f"tracking URI {preflight.cut(uri)}: {p}" for p in problems])
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.request
@@ -460,11 +528,13 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
         info = RunInfo.load(run_dir)
     else:
         name = args.name or f"{task.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_run_name(name)
         run_dir = runs_dir / name
         if run_dir.exists():
             raise ConfigError([f"--name {name}: {run_dir} exists; pick another name or --resume {name}"])
         uri = tracking_uri_for(runs_dir, args.tracking_uri, task)
-        check_tracking(uri)
+        if args.tracking_uri or task.config.tracking.uri:  # the default store's folder is made with the run
+            check_tracking(uri)
         info_kw = {"name": name, "run_dir": str(run_dir), "task_path": str(task.path), "space_path": str(space_path),
                    "tracking_uri": uri, "experiment": task.config.tracking.experiment or task.config.name,
                    "study_name": f"sde-{task.config.name}-{name}", "overrides": tuple(args.overrides)}
@@ -475,23 +545,59 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
         _stop_leftover_ray(run_dir)
     ray_init_s = _start_ray(args.address, space)
     try:
-        if info is not None:  # resuming
-            tracking.client(info).update_run(info.parent_run_id, status="RUNNING")
-        else:
+        if info is None:
+            # run.json first, so that a kill at any later moment leaves a folder that --resume can open
             run_dir.mkdir(parents=True)
-            _, parent = start_parent(info_kw, task, space, runs_dir / "mlartifacts")
-            info = RunInfo(parent_run_id=parent, **info_kw)
+            info = RunInfo(parent_run_id="", **info_kw)
             info.save()
+        if not info.parent_run_id:  # a new search, or one killed before its MLflow run existed
+            _, parent = start_parent(info.__dict__, task, space, runs_dir / "mlartifacts")
+            info = RunInfo(**{**info.__dict__, "parent_run_id": parent})
+            info.save()
+        else:
+            tracking.client(info).update_run(info.parent_run_id, status="RUNNING")
         _ray_log_to(logging.FileHandler(run_dir / "ray.log"))
         if not args.address:
             _record_ray_processes(run_dir)
         return execute(task, space, info, ray_init_s=ray_init_s, warm=warm)
     except BaseException as exc:  # the parent run must not stay RUNNING; --resume reopens it
-        if info is not None:
+        if info is not None and info.parent_run_id:
             _mark_parent(info, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", repr(exc)[:250])
+        if not args.resume and not isinstance(exc, KeyboardInterrupt) and not _trained_anything(run_dir):
+            _remove_new_run(run_dir, info)
         raise
     finally:
         ray.shutdown()
+
+
+MAX_RUN_NAME = 120  # Tune's trial folders add about 130 characters under it; most file systems allow 255
+
+
+def check_run_name(name: str) -> None:
+    """Refuses a run name that is not a plain, short folder name (raises ConfigError)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", name) or name in (".", ".."):
+        raise ConfigError([f"--name {name[:200]!r}: a run name is letters, digits, '_', '.' and '-' (not first)"])
+    if len(name) > MAX_RUN_NAME:
+        raise ConfigError([f"--name {name[:60]}...: {len(name)} characters; at most {MAX_RUN_NAME} (pick a shorter "
+                           "--name, or a shorter task name)"])
+
+
+def _trained_anything(run_dir: Path) -> bool:
+    return any((run_dir / "tune").glob("trainable_*/result.json"))
+
+
+def _remove_new_run(run_dir: Path, info: RunInfo | None) -> None:
+    """Removes what a new search created when it failed before any trial reported (folder, MLflow run)."""
+    import shutil
+
+    if info is not None and info.parent_run_id:
+        with contextlib.suppress(Exception):
+            tracking.client(info).delete_run(info.parent_run_id)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"the search failed before any trial reported; removed {run_dir} and its MLflow run", file=sys.stderr,
+          flush=True)
 
 
 def _record_ray_processes(run_dir: Path) -> None:
@@ -569,10 +675,17 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
                  TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
                                       tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
                  Progress(space.budget.num_samples, metric)]
+    callbacks += [resume.ResultLog(run_dir), resume.StateKeeper(run_dir)]
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", resume.SNAPSHOT_PERIOD_S)  # read when the Tuner starts
     experiment_dir = run_dir / "tune"
     t0 = time.time()
     try:
-        if (experiment_dir / "tuner.pkl").exists():
+        repair = None
+        if experiment_dir.exists():
+            repair = resume.prepare(info, ["score", "score_ood"] if task.config.objective == "pareto" else metric)
+            for line in repair.lines():
+                print(line, flush=True)
+        if repair is not None and not repair.fresh:
             tracking.close_stale_runs(info)
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_unfinished=True,
                                        restart_errored=True)

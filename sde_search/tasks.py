@@ -13,10 +13,16 @@ Pure core: never imports torch, Ray or MLflow.
 from __future__ import annotations
 
 import csv
+import errno
 import importlib
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+import math
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,7 +136,7 @@ class AspectSentiment(TaskType):
         if not isinstance(labels, dict):
             raise TypeError("'labels' must be an object {aspect: label}")
         answer = {str(k): (str(v),) for k, v in labels.items()}
-        return Record(str(obj["id"]), _text(obj), answer, _rationales(obj))
+        return Record(_record_id(obj), _text(obj), answer, _rationales(obj))
 
     def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],  # noqa: D102
                        unmentioned: str) -> list[str]:
@@ -170,20 +176,51 @@ class _Spans(TaskType):
                 raise ValueError(f"{self.list_key}[{n}]: expected an object {shape} (start, end optional), "
                                  f"got {item!r}")
             span = str(item[self.text_key])
-            start, end = item.get("start"), item.get("end")
-            if not all(isinstance(i, int) or i is None for i in (start, end)):
-                raise TypeError(f"{self.list_key}[{n}]: start and end must be whole numbers (character offsets)")
-            if start is not None and text[start:end] != span:
-                raise ValueError(f"{self.list_key}: text[{start}:{end}] is {text[start:end]!r}, not {span!r}")
+            _check_span(text, span, item.get("start"), item.get("end"), self.list_key, n)
             answer.setdefault(str(item["type"]), []).append(span)
         answer_t = {k: tuple(v) for k, v in answer.items()}
-        return Record(str(obj["id"]), text, answer_t, _rationales(obj))
+        return Record(_record_id(obj), text, answer_t, _rationales(obj))
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
               values: Sequence[str], unmentioned: str, weights: Sequence[Sequence[float]] | None = None,
               ) -> dict[str, float]:
         return {**metrics.span_scores(golds, preds, containment=self.containment),
                 "accuracy": metrics.exact_match(golds, preds)}
+
+
+def _record_id(obj: Mapping[str, Any]) -> str:
+    """The record's ``id``: a non-empty string or a whole number (null would read as the id 'None')."""
+    rid = obj["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+        shown = json.dumps(rid, default=str)  # as the file wrote it: null, true, [...]
+        raise TypeError(f"'id' must be a non-empty string or a whole number, got {shown[:200]} "
+                        "(leave the key out to number the records by row)")
+    return str(rid)
+
+
+def _check_span(text: str, span: str, start: Any, end: Any, key: str, n: int) -> None:
+    """A span must hold text, and its offsets (both or neither) must locate it in the text."""
+    where = f"{key}[{n}]"
+    if not span.strip():
+        raise ValueError(f"{where}: an empty span; every entity or trigger needs some text")
+    if (start is None) != (end is None):
+        raise ValueError(f"{where}: give both start and end (character offsets) or neither")
+    if start is None:
+        return
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in (start, end)):
+        raise TypeError(f"{where}: start and end must be whole numbers (character offsets), got "
+                        f"{_short(start)} and {_short(end)}")
+    if not 0 <= start < end <= len(text):
+        raise ValueError(f"{where}: offsets {start}:{end} lie outside the text (allowed: 0 <= start < end <= "
+                         f"{len(text)}, the text's length)")
+    if text[start:end] != span:
+        raise ValueError(f"{key}: text[{start}:{end}] is {_short(text[start:end])}, not {_short(span)}")
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut to about 200 characters."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _text(obj: Mapping[str, Any]) -> str:
@@ -235,6 +272,41 @@ def load_plugins(modules: Sequence[str]) -> None:
             raise ImportError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from exc
 
 
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays/objects in a record (records need about 4; deeper is a broken or hostile file)."""
+
+
+class NotARegularFile(OSError):
+    """A path that is neither a regular file nor a folder (a FIFO, a device, a socket): reading it could hang."""
+
+    def __init__(self, path: str | Path, what: str):
+        """Names the kind of file found (e.g. "a FIFO (named pipe)")."""
+        super().__init__(f"{path} is {what}, not a regular file")
+        self.filename, self.what = str(path), what
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+
+
+def read_file(path: str | Path) -> bytes:
+    """The bytes of a regular file, opened so that a FIFO or device can neither hang nor flood the reader.
+
+    Raises:
+        OSError: FileNotFoundError, PermissionError, IsADirectoryError, ``errno.ELOOP`` (a symbolic link loop) or
+            :class:`NotARegularFile` (a FIFO, device or socket).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)  # no writer: a FIFO opens at once
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file"))
+        return f.read()
+
+
 def read_rows(source: str, *, columns: Mapping[str, str] | None = None, split: str = "train") -> list[dict[str, Any]]:
     """Reads raw rows from a JSONL or CSV file, or a ``hf:`` dataset id.
 
@@ -248,6 +320,10 @@ def read_rows(source: str, *, columns: Mapping[str, str] | None = None, split: s
 
     Returns:
         Rows as dicts with the record keys.
+
+    Raises:
+        OSError: The file cannot be read (see :func:`read_file`).
+        ValueError: Not UTF-8, not JSON/CSV, JSON nested deeper than :data:`MAX_JSON_DEPTH`, NaN/Infinity.
     """
     if source.startswith("hf:"):
         rows = _read_hf(source[3:], split)
@@ -263,33 +339,85 @@ def read_rows(source: str, *, columns: Mapping[str, str] | None = None, split: s
 
 def _read_utf8(source: str) -> str:
     """A whole file as UTF-8 text (a byte-order mark is skipped); a decoding error locates the byte in the file."""
-    return Path(source).read_bytes().decode("utf-8-sig")
+    return read_file(source).decode("utf-8-sig")
 
 
 def _json_line(line: str, source: str, number: int) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"line {number}: not valid JSON ({exc.msg}); "
-                         "a .jsonl file holds one JSON object per line") from exc
+    obj = _json_value(line, f"line {number}", "a .jsonl file holds one JSON object per line")
     if not isinstance(obj, dict):
         raise ValueError(f"line {number}: expected a JSON object {{\"id\": ..., \"text\": ...}}, "
                          f"got {type(obj).__name__}")
     return obj
 
 
+def _json_value(text: str, where: str, hint: str) -> Any:
+    """Strict JSON (no NaN or Infinity, finite numbers, nesting at most :data:`MAX_JSON_DEPTH`) or a ValueError."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg}); {hint}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{where}: JSON nested too deeply (allowed: at most {MAX_JSON_DEPTH} levels of "
+                         "arrays/objects)") from exc
+    except ValueError as exc:  # NaN/Infinity, 1e999, an integer of more than 4300 digits
+        raise ValueError(f"{where}: {clip(_first_line(exc))}") from exc
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
+        raise ValueError(f"{where}: JSON nested too deeply (allowed: at most {MAX_JSON_DEPTH} levels of "
+                         "arrays/objects)")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity); write null or a quoted string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {clip(text, 40)} is too large for a float; write it as a quoted string")
+    return value
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _read_csv(text: str) -> list[dict[str, Any]]:
     """Rows of a CSV text with a header line; a row with more or fewer cells than the header is an error."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
-    for row in reader:
+    rows: list[dict[str, Any]] = []
+    start = 1  # the line where the row being read begins (a quoted cell may span lines)
+    try:
         header = reader.fieldnames or []
-        extra, short = row.pop(None, []), [k for k, v in row.items() if v is None]
-        if extra or short:
-            raise ValueError(f"line {reader.line_num}: {len(header) + len(extra) - len(short)} cells where the "
-                             f"header has {len(header)} columns ({', '.join(header)}); quote cells that hold commas")
-        rows.append(_decode_csv_cells(row, reader.line_num))
+        start = reader.line_num + 1
+        for row in reader:
+            extra, short = row.pop(None, []), [k for k, v in row.items() if v is None]
+            if extra or short:
+                raise ValueError(f"line {reader.line_num}: {len(header) + len(extra) - len(short)} cells where the "
+                                 f"header has {len(header)} columns ({', '.join(header)}); quote cells that hold "
+                                 "commas")
+            rows.append(_decode_csv_cells(row, reader.line_num))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ValueError(_csv_problem(exc, start)) from exc
     return rows
+
+
+def _csv_problem(exc: csv.Error, line: int) -> str:
+    """Why the CSV reader stopped, from the line where the row began."""
+    if "field larger than field limit" in str(exc):
+        return (f"line {line}: a cell longer than {csv.field_size_limit():,} characters -- most often a quote that "
+                "is never closed, so the cell runs on over the following lines (allowed: shorter cells, every "
+                "opening \" closed)")
+    return f"line {line}: not valid CSV ({clip(_first_line(exc))})"
 
 
 def _decode_csv_cells(row: dict[str, str], line: int) -> dict[str, Any]:
@@ -299,11 +427,8 @@ def _decode_csv_cells(row: dict[str, str], line: int) -> dict[str, Any]:
         if value[:1] not in ("[", "{"):
             out[key] = value
             continue
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {line}, column {key!r}: not valid JSON ({exc.msg}); "
-                             "cells starting with [ or { must hold JSON") from exc
+        out[key] = _json_value(value, f"line {line}, column {clip(key, 60)!r}",
+                               "cells starting with [ or { must hold JSON")
     return out
 
 
@@ -317,16 +442,94 @@ def _read_hf(dataset_id: str, split: str) -> list[dict[str, Any]]:
 
 def records_from_rows(rows: Sequence[Mapping[str, Any]], kind: TaskType,
                       on_error: Callable[[int, str], None]) -> list[Record]:
-    """Converts raw rows to records, reporting each bad row through ``on_error(row_number, message)``."""
+    """Converts raw rows to records, reporting each bad row through ``on_error(row_number, message)``.
+
+    Raises:
+        PluginError: When a plugin's ``from_json`` fails in a way that is not a bad row (any exception but
+            KeyError/TypeError/ValueError/IndexError/AttributeError) or returns something that is not a Record.
+    """
     records = []
     for i, row in enumerate(rows, 1):
         try:
-            records.append(kind.from_json({"id": f"row-{i}", **row}))
+            with plugin_code(kind, "from_json", i):
+                record = kind.from_json({"id": f"row-{i}", **row})
         except KeyError as exc:
             on_error(i, f"missing key {exc}")
+            continue
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             on_error(i, str(exc))
+            continue
+        if not isinstance(record, Record):
+            raise PluginError(kind, "from_json", f"returned {type(record).__name__}, not a sde_search.tasks.Record",
+                              row=i)
+        records.append(record)
     return records
+
+
+def is_plugin(kind: TaskType) -> bool:
+    """Whether a task type comes from a user module (``plugins:``) rather than this one."""
+    return type(kind).__module__ != __name__
+
+
+class PluginError(Exception):
+    """A plugin's task type raised (or returned nonsense) where the tool called it.
+
+    Attributes:
+        module: The plugin module that defines the task type.
+        row: The row being read when it happened (1-based), or None.
+    """
+
+    def __init__(self, kind: TaskType, function: str, what: str, *, row: int | None = None,
+                 where: str = ""):
+        """Builds the one-line message: the module, the task type, the function and what went wrong."""
+        self.module, self.row = type(kind).__module__, row
+        at = f" ({where})" if where else ""
+        super().__init__(f"plugin {self.module!r} (task type {kind.name!r}): {type(kind).__name__}.{function} "
+                         f"{what}{at} -- fix the plugin")
+
+
+# Errors that mean "this row is malformed" when a task type's from_json raises them (its documented contract).
+_ROW_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+@contextmanager
+def plugin_code(kind: TaskType, function: str, row: int | None = None) -> Iterator[None]:
+    """Turns anything a plugin's ``function`` raises (``sys.exit`` included) into a :class:`PluginError`.
+
+    Built-in task types are left alone (their exceptions are this tool's bugs), and so are, in ``from_json``,
+    the exceptions that mean a bad row.
+    """
+    try:
+        yield
+    except PluginError:
+        raise
+    except (Exception, SystemExit) as exc:
+        if not is_plugin(kind) or (function == "from_json" and isinstance(exc, _ROW_ERRORS)):
+            raise
+        what = f"raised {type(exc).__name__}: {clip(_first_line(exc))}"
+        raise PluginError(kind, function, what, row=row, where=_plugin_frame(kind, exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _plugin_frame(kind: TaskType, exc: BaseException) -> str:
+    """``file.py, line N``: the last line of the plugin's own file that the exception passed through."""
+    module = sys.modules.get(type(kind).__module__)
+    plugin_file = getattr(module, "__file__", None)
+    tb, found = exc.__traceback__, ""
+    while tb is not None:
+        if plugin_file and tb.tb_frame.f_code.co_filename == plugin_file:
+            found = f"{Path(plugin_file).name}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found or (Path(plugin_file).name if plugin_file else "")
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: messages never quote a whole user value."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -69,6 +69,26 @@ def merge_duplicate_runs(info: RunInfo) -> int:
     return merged
 
 
+def backfill(c: MlflowClient, run_id: str, results: Sequence[Mapping[str, Any]]) -> int:
+    """Logs the Tune results (``result.json`` rows) a run lacks, by step; returns how many were added.
+
+    A killed driver loses the results its tracking callback had not sent yet; the trial folder still has them.
+    """
+    have = {m.step for m in c.get_metric_history(run_id, "progress")}
+    added = 0
+    for result in results:
+        step = result.get("timesteps_total") or result.get("training_iteration")
+        if not isinstance(step, int) or step in have:
+            continue
+        now = int(result.get("timestamp", time.time()) * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "config"]
+        c.log_batch(run_id, metrics=metrics)
+        have.add(step)
+        added += 1
+    return added
+
+
 def tag_runs(info: RunInfo, rows: Sequence[TrialRow], winner: TrialRow | None) -> None:
     """Tags each trial run with its design, budget, status and error; marks the winner."""
     c = client(info)

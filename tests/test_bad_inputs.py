@@ -4,8 +4,9 @@ Every YAML in ``tests/bad/`` holds one mistake and names the message it must pro
 ``# expect: <substring of the message>`` (read in the file's own encoding: UTF-16 files included). Task files run
 as ``sde-search --task FILE --check``; files in ``tests/bad/spaces/`` as
 ``sde-search --task tests/bad/ok/task.yaml --space FILE --check``. ``tests/bad/data/`` holds the broken data files
-the task fixtures point at, ``tests/bad/plugins/`` the broken plugins (put on PYTHONPATH for every run) and
-``tests/bad/ok/`` the valid control pair. Mistakes that cannot be a file of their own (a task file that does not
+the task fixtures point at, ``tests/bad/plugins/`` the broken plugins (put on PYTHONPATH for every run),
+``tests/bad/designs/`` broken ``--design`` files (run against the control task) and ``tests/bad/ok/`` the valid
+control pair. Mistakes that cannot be a file of their own (a task file that does not
 exist, a task path that is a folder, an environment with no visible GPU) are the ``EXTRA`` cases.
 
 Each case must: exit 2, print no traceback and nothing on stdout, print only ``error: `` lines, name the file and
@@ -39,7 +40,9 @@ def _rel(path: Path) -> str:
 
 def _expect(path: Path) -> str:
     data = path.read_bytes()
-    text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8", "replace")
+    utf32 = data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")  # its mark starts like UTF-16's: test it first
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    text = data.decode("utf-32" if utf32 else "utf-16" if utf16 else "utf-8", "replace")
     first = text.split("\n", 1)[0]
     assert first.startswith("# expect: "), f"{path}: the first line must be '# expect: <message>'"
     return first.removeprefix("# expect: ").strip()
@@ -80,6 +83,8 @@ EXTRA = [
          {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}),
     Case("extra:set_concurrency_zero", ("--task", _rel(OK_TASK), "--set", "space.budget.max_concurrent=0"),
          "budget.max_concurrent: Input should be greater than or equal to 1 (got 0)", "space.yaml"),
+    *(Case(f"extra:designs/{p.name}", ("--task", _rel(OK_TASK), "--design", _rel(p)), _expect(p), p.name)
+      for p in sorted((BAD / "designs").glob("*.yaml"))),
 ]
 CASES = [_fixture_case(p) for p in FIXTURES] + EXTRA
 
@@ -102,6 +107,14 @@ CATEGORIES = {
     "records with labels outside the schema": ["label_outside.yaml", "label_after_sample.yaml", "slot_outside.yaml",
                                                "entity_type_outside.yaml"],
     "mismatched OOD schema": ["ood_mismatch.yaml", "ood_default_mismatch.yaml", "objective_ood_without_ood_set.yaml"],
+    "YAML nesting, alias and number limits": ["yaml_billion_laughs.yaml", "spaces/billion_laughs.yaml",
+                                              "extra:designs/billion_laughs.yaml", "yaml_recursive_alias.yaml",
+                                              "data_nan.yaml", "data_overflow.yaml"],
+    "duplicate YAML keys": ["duplicate_key_data.yaml", "duplicate_key_nested.yaml", "duplicate_key_flow.yaml",
+                            "spaces/duplicate_key.yaml", "extra:designs/duplicate_key.yaml", "yaml_two_documents.yaml"],
+    "plugin raising while reading": ["plugin_reader_raises.yaml", "plugin_reader_exits.yaml",
+                                     "plugin_not_a_record.yaml", "plugin_answer_raises.yaml",
+                                     "plugin_labels_raise.yaml"],
     "duplicate ids": ["duplicate_ids.yaml"],
     "CoT without rationales": ["cot_without_rationales.yaml"],
     "impossible resources": ["spaces/gpu_too_many.yaml", "extra:gpu_none_visible", "spaces/gpu_fraction.yaml",
@@ -117,6 +130,26 @@ CATEGORIES = {
                               "top_level_list.yaml", "spaces/top_level_list.yaml", "spaces/startup_trials.yaml",
                               "spaces/asha_grace_too_long.yaml",
                               "spaces/output_format_xml.yaml", "spaces/unknown_baseline.yaml"],
+    "--check passes, the run fails": ["spaces/range_log_step.yaml", "spaces/range_step_negative.yaml",
+                                      "spaces/range_int_log_step.yaml", "spaces/range_int_step_fraction.yaml",
+                                      "spaces/range_int_step_zero.yaml", "spaces/brute_force_float.yaml",
+                                      "spaces/sampler_seed_negative.yaml", "train_seed_negative.yaml",
+                                      "data_seed_huge.yaml", "target_modules_unknown.yaml",
+                                      "spaces/target_modules_unknown.yaml", "model_folder_missing.yaml",
+                                      "model_not_cached.yaml", "model_folder_no_config.yaml", "gguf_file_missing.yaml",
+                                      "tiny_heads_indivisible.yaml", "tiny_head_dim_odd.yaml",
+                                      "template_format_spec.yaml", "template_conversion.yaml", "tracking_ftp.yaml",
+                                      "tracking_sqlite_missing_dir.yaml", "round_trip_failed.yaml"],
+    "semantic mistakes accepted silently": ["labels_empty_value.yaml", "labels_duplicate_value.yaml",
+                                            "labels_case_only.yaml", "labels_space_only.yaml",
+                                            "unmentioned_is_value.yaml", "synonym_is_label.yaml", "synonym_shared.yaml",
+                                            "synonym_unknown_label.yaml", "slots_empty_entry.yaml",
+                                            "slots_case_only.yaml", "ood_slots_empty.yaml",
+                                            "entity_offset_negative.yaml", "entity_offset_bool.yaml",
+                                            "entity_span_empty.yaml", "entity_end_without_start.yaml",
+                                            "spaces/cpu_too_many.yaml", "hf_empty_id.yaml",
+                                            "spaces/range_low_above_high.yaml", "utf32_task.yaml",
+                                            "record_id_null.yaml"],
     "kappa weights that do not fit the labels": ["kappa_weights_shape.yaml", "kappa_weights_entities.yaml",
                                                  "kappa_weights_diagonal.yaml"],
 }
@@ -168,7 +201,8 @@ def test_bad_input(case: Case, bad_runs: dict[str, subprocess.CompletedProcess[s
     assert run.stdout == ""
 
 
-NO_CHECK = ["spaces/gpu_too_many.yaml", "spaces/concurrency_zero.yaml", "missing_data.yaml", "plugin_raises.yaml",
+NO_CHECK = ["round_trip_failed.yaml", "tracking_ftp.yaml", "spaces/cpu_too_many.yaml", "target_modules_unknown.yaml",
+            "spaces/gpu_too_many.yaml", "spaces/concurrency_zero.yaml", "missing_data.yaml", "plugin_raises.yaml",
             "cot_without_rationales.yaml", "ood_mismatch.yaml", "load_in_4bit_cpu.yaml", "extra:gpu_none_visible"]
 
 
