@@ -47,7 +47,9 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: .nan and .inf are YAML floats, but no setting means them (a learning rate of .inf
+    # trains nothing, resources.cpu: .inf cannot be rounded); pydantic answers "Input should be a finite number".
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -117,7 +119,9 @@ class TrainConfig(_Strict):
     """Trial hyper-parameters (the search space's ``train:`` may fix or search any of them)."""
 
     epochs: int = Field(12, ge=1, description="Passes over the training set.")
-    lr: float = Field(3.0e-3, gt=0, description="AdamW learning rate.")
+    lr: float = Field(3.0e-3, gt=0, le=1.0, description=(
+        "AdamW learning rate, at most 1 (AdamW moves every weight by about lr per step, so more is a slip such as "
+        "3.0e+3 for 3.0e-3; far more overflows the optimizer)."))
     batch_size: int = Field(16, ge=1, description="Training batch size.")
     lora_rank: int = Field(8, ge=1, description="LoRA r.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
@@ -171,7 +175,8 @@ for one epoch (50 steps of batch 4); lr 3e-4 was no better and less stable. The 
 class TaskConfig(_Strict):
     """A task file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Task name (letters, digits, _ . -).")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description=(
+        "Task name (letters, digits, _ . -), at most 100 of them: it names run folders and cache files."))
     type: str = Field(description="aspect_sentiment | entities | events | a type from plugins.")
     data: DataConfig
     labels: LabelsConfig
@@ -403,7 +408,7 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
 
 def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     loc = _clean_loc(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = ".".join(_clip(str(p), 60) for p in loc) or "(top level)"  # a key, too, may be a huge user value
     value, kind = err.get("input"), err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(model, err["loc"])
@@ -419,8 +424,10 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
                 f"quote the word (e.g. \"no\") or use a short lowercase value ({err['msg']})"
                 f"{_design_hint(model, loc)}")
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        return f"{key}: {value!r} is read as a string by YAML; write it with a dot and signed exponent, e.g. 1.0e-4"
-    hint = _field_hint(model, err["loc"]) if kind == "string_pattern_mismatch" else _design_hint(model, loc)
+        return (f"{key}: {_clip(repr(value))} is read as a string by YAML; write it with a dot and signed exponent, "
+                "e.g. 1.0e-4")
+    explained = ("string_pattern_mismatch", "less_than_equal", "less_than")  # the field says why
+    hint = _field_hint(model, err["loc"]) if kind in explained else _design_hint(model, loc)
     return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {_clip(repr(value))}){hint}"
 
 
@@ -663,7 +670,7 @@ def resolve_path(path: str | Path) -> Path:
     """
     try:
         return Path(path).resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the name
         return Path(os.path.abspath(path))
 
 
@@ -740,7 +747,7 @@ def _load_plugins(modules: Any, path: Path) -> list[str]:
 
 def _plugin_problem(name: str, cause: BaseException) -> str:
     """Why a plugin failed: not found on ``sys.path``, or found but raising while it was imported."""
-    what = f"{name!r} could not be imported ({type(cause).__name__}: {_first_line(cause)})"
+    what = f"{preflight.shown(name)} could not be imported ({type(cause).__name__}: {_clip(_first_line(cause))})"
     missing = isinstance(cause, ModuleNotFoundError) and cause.name is not None \
         and f"{name}.".startswith(f"{cause.name}.")
     if missing:
@@ -753,7 +760,7 @@ def _check_type(name: str, path: Path) -> list[str]:
     if name in tasks.TASK_TYPES:
         return []
     hint = _did_you_mean(name, list(tasks.TASK_TYPES))
-    return [f"{path}: type: {name!r} is not a task type{hint} "
+    return [f"{path}: type: {preflight.shown(name)} is not a task type{hint} "
             f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)"]
 
 
@@ -788,35 +795,42 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
                         "e.g. [positive, negative, neutral]")
     unknown = sorted(set(labels.numbers) - set(labels.values) - {labels.unmentioned or kind.placeholder})
     if unknown:
-        problems.append(f"{path}: labels.numbers: {unknown} are not labels (allowed: {labels.values})")
+        problems.append(f"{path}: labels.numbers: {preflight.cut(str(unknown))} are not labels "
+                        f"(allowed: {preflight.cut(str(labels.values))})")
     all_labels = [*labels.values, labels.unmentioned or kind.placeholder]
     uncoded = [label for label in all_labels if label not in labels.numbers]
     if labels.numbers and not kind.multi_valued and uncoded:
-        problems.append(f"{path}: labels.numbers: no code for {uncoded} (every label needs one: {all_labels})")
+        problems.append(f"{path}: labels.numbers: no code for {preflight.cut(str(uncoded))} (every label needs "
+                        f"one: {preflight.cut(str(all_labels))})")
     codes = list(labels.numbers.values())
     shared = sorted({c for c in codes if codes.count(c) > 1})
     if shared:
-        problems.append(f"{path}: labels.numbers: codes {shared} are given to several labels; codes must differ")
+        problems.append(f"{path}: labels.numbers: codes {preflight.cut(str(shared))} are given to several labels; "
+                        "codes must differ")
     weights = config.metrics.kappa_weights
     size = len(all_labels)
     if weights is not None and (kind.multi_valued or len(weights) != size or any(len(r) != size for r in weights)):
         problems.append(f"{path}: metrics.kappa_weights: " + (
             f"only aspect_sentiment tasks are scored by kappa, not {config.type}" if kind.multi_valued else
-            f"{len(weights)} rows of lengths {[len(r) for r in weights]}, but {size} labels need a {size} x {size} "
-            f"matrix (rows = gold, columns = prediction, order {all_labels})"))
+            f"{len(weights)} rows of lengths {preflight.cut(str([len(r) for r in weights]))}, but {size} labels need "
+            f"a {size} x {size} matrix (rows = gold, columns = prediction, order {preflight.cut(str(all_labels))})"))
     elif weights is not None and (any(not 0 <= w <= 1 for r in weights for w in r)
                                   or any(weights[i][i] != 1 for i in range(size))):
         problems.append(f"{path}: metrics.kappa_weights: agreement weights must lie in [0, 1] with 1 on the "
-                        f"diagonal (a label agrees fully with itself), got {weights}")
+                        f"diagonal (a label agrees fully with itself), got {preflight.cut(str(weights))}")
     problems.extend(_name_problems(config, kind, path))
     space = config.search_space
-    if space is not None and not (path.parent / space).is_file():
-        problems.append(f"{path}: search_space: file not found: {resolve_path(path.parent / space)} "
+    if space is not None and not os.path.isfile(path.parent / space):  # os.path: a name too long is just not found
+        problems.append(f"{path}: search_space: file not found: "
+                        f"{preflight.cut(str(resolve_path(path.parent / space)))} "
                         "(the path is relative to the task file's folder)")
     problems.extend(_source_problems(config, path))
     info, model_problems = model_info(config, path)
     problems.extend(model_problems)
     problems.extend(_target_problems(config.train.target_modules, config, info, f"{path}: train.target_modules"))
+    rank = preflight.rank_problem([config.train.lora_rank], info)
+    if rank:
+        problems.append(f"{path}: train.lora_rank: {rank}")
     if config.tracking.uri is not None:
         problems.extend(f"{path}: tracking.uri: {p}" for p in preflight.tracking_problems(config.tracking.uri))
     return problems
@@ -872,7 +886,7 @@ def model_info(config: TaskConfig, path: Path) -> tuple[preflight.ModelInfo | No
         return None, _gguf_problems(config, path)  # the architecture is inside the GGUF file: not read here
     if cfg.name == "tiny":
         shape = preflight.tiny_shape_problems(cfg.hidden_size, cfg.heads)
-        return preflight.tiny_info(cfg.layers), [f"{path}: model: {p}" for p in shape]
+        return preflight.tiny_info(cfg.layers, cfg.hidden_size), [f"{path}: model: {p}" for p in shape]
     if cfg.name == ModelConfig.SMOLLM2:  # a llama; the GGUF is converted when the first trial loads it
         return preflight.ModelInfo("llama", None, preflight.LORA_LEAVES["llama"], None), []
     folder, why = preflight.model_location(cfg.name, path.parent)
@@ -889,9 +903,9 @@ def _gguf_problems(config: TaskConfig, path: Path) -> list[str]:
     candidates = [path.parent / gguf]
     if cfg.name != "tiny":
         local = path.parent / cfg.name
-        cached = None if local.is_dir() else preflight.cached_model(cfg.name, gguf)
-        candidates.append((local if local.is_dir() else cached or local) / gguf)
-    if any(c.is_file() for c in candidates):
+        cached = None if os.path.isdir(local) else preflight.cached_model(cfg.name, gguf)
+        candidates.append((local if os.path.isdir(local) else cached or local) / gguf)
+    if any(os.path.isfile(c) for c in candidates):
         return []
     return [f"{path}: model.gguf_file: {preflight.shown(gguf)} not found (looked for "
             f"{', '.join(preflight.cut(str(c)) for c in candidates)}; the path is relative to the task file's "
@@ -941,14 +955,15 @@ def _ood_problems(records: Sequence[tasks.Record], config: TaskConfig, where: st
     if not records or set(ood) & set(seen):
         return []
     origin = "" if given else " (it defaults to data.eval_id / data.test_id read with labels.ood_slots)"
-    return [f"{where}: the OOD records{origin} label none of labels.ood_slots {list(ood)}; they label "
-            f"{seen or 'nothing'} -- labels.ood_slots must name the OOD set's slots"]
+    return [f"{where}: the OOD records{origin} label none of labels.ood_slots {preflight.cut(str(list(ood)))}; "
+            f"they label {preflight.cut(str(seen)) if seen else 'nothing'} -- labels.ood_slots must name the OOD "
+            "set's slots"]
 
 
 def _shared_sources(sources: Mapping[str, str | None], path: Path) -> list[str]:
     """Splits that must not read the same file: train vs any other, eval vs test (selection would leak)."""
     pairs = [("train", s) for s in SPLITS[1:]] + [("eval_id", "test_id"), ("eval_ood", "test_ood")]
-    return [f"{path}: data.{b}: the same source as data.{a} ({sources[a]}); "
+    return [f"{path}: data.{b}: the same source as data.{a} ({preflight.cut(str(sources[a]))}); "
             f"{'scores would be measured on training data' if a == 'train' else 'the test set must be unseen'}"
             for a, b in pairs if sources[a] is not None and sources[a] == sources[b]]
 
@@ -969,7 +984,7 @@ def _read_split(source: str, root: Path, config: TaskConfig, kind: tasks.TaskTyp
                 _build_answers(records, config, kind, split)
     except tasks.PluginError as exc:
         row = f" row {exc.row}" if exc.row else ""
-        problems.append(f"{where}: {_location(source, root)}{row}: {exc}")
+        problems.append(f"{where}: {preflight.cut(_location(source, root))}{row}: {exc}")
         return None
     return records
 
@@ -999,29 +1014,31 @@ def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskT
         problems.append(f"{where}: {_read_problem(exc, source, location, root)}")
         return None
     bad: list[str] = []
+    shown = preflight.cut(location)
     records = tasks.records_from_rows(
-        rows, kind, lambda i, msg: bad.append(f"{where}: {location} row {i}: {_clip(msg, 300)}"))
+        rows, kind, lambda i, msg: bad.append(f"{where}: {shown} row {i}: {_clip(msg, 300)}"))
     problems.extend(bad[:5] + ([f"{where}: ... and {len(bad) - 5} more bad rows"] if len(bad) > 5 else []))
     if not rows:
-        problems.append(f"{where}: {location} holds no records (a .jsonl file needs one JSON object per line)")
+        problems.append(f"{where}: {shown} holds no records (a .jsonl file needs one JSON object per line)")
     return records
 
 
 def _read_problem(exc: Exception, source: str, location: str, root: Path) -> str:
-    """One line saying why a data source could not be read."""
+    """One line saying why a data source could not be read (the file and folder named, each cut short)."""
+    shown, folder = preflight.cut(location), preflight.cut(str(root))
     if source.startswith("hf:"):
-        return (f"{source} could not be loaded ({type(exc).__name__}: {_first_line(exc)}); "
+        return (f"{shown} could not be loaded ({type(exc).__name__}: {_clip(_first_line(exc))}); "
                 "hf: sources need the datasets package and a cached or reachable dataset")
     if isinstance(exc, FileNotFoundError) and not os.path.islink(location):
-        return f"file not found: {location} (paths are relative to data.root = {root})"
+        return f"file not found: {shown} (paths are relative to data.root = {folder})"
     if isinstance(exc, IsADirectoryError):
-        return f"{location} is a folder; give a file (allowed: .jsonl, .json or .csv, or hf:<dataset id>)"
+        return f"{shown} is a folder; give a file (allowed: .jsonl, .json or .csv, or hf:<dataset id>)"
     if isinstance(exc, UnicodeDecodeError):
-        return f"{location} is {not_utf8(exc)}"
+        return f"{shown} is {not_utf8(exc)}"
     if isinstance(exc, OSError):
-        return (f"{location}: {file_problem(exc, location, 'a .jsonl, .json or .csv file')} "
-                f"(paths are relative to data.root = {root})")
-    return f"{location}: {_clip(_first_line(exc), 300)}"
+        return (f"{shown}: {file_problem(exc, location, 'a .jsonl, .json or .csv file')} "
+                f"(paths are relative to data.root = {folder})")
+    return f"{shown}: {_clip(_first_line(exc), 300)}"
 
 
 def _subsample(records: list[tasks.Record], limit: int | None, seed: int) -> list[tasks.Record]:
@@ -1039,10 +1056,10 @@ def _check_records(records: Sequence[tasks.Record], config: TaskConfig, kind: ta
     ids = [r.id for r in records]
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
     if dup:
-        problems.append(f"{where}: duplicate record ids {dup[:5]} (every record needs its own id)")
+        problems.append(f"{where}: duplicate record ids {preflight.cut(str(dup[:5]))} (every record needs its own id)")
     bad = [(r.id, p) for r in records for p in kind.label_problems(r, all_slots, labels.values, unmentioned)]
     for rid, p in bad[:5]:
-        problems.append(f"{where}: record {rid}: {p}")
+        problems.append(f"{where}: record {preflight.cut(rid)}: {_clip(p, 400)}")  # a plugin's message, too
     if len(bad) > 5:
         problems.append(f"{where}: ... and {len(bad) - 5} more label problems")
 
@@ -1072,27 +1089,28 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
     problems = []
     for dim, values in space.design.items():
         if dim not in DIMENSIONS:
-            problems.append(f"{path}: design.{dim}: unknown dimension{_did_you_mean(dim, list(DIMENSIONS))} "
-                            f"(allowed: {', '.join(DIMENSIONS)})")
+            problems.append(f"{path}: design.{_clip(dim, 60)}: unknown dimension"
+                            f"{_did_you_mean(dim, list(DIMENSIONS))} (allowed: {', '.join(DIMENSIONS)})")
             continue
         for v in _as_list(values):
             if v not in DIMENSIONS[dim]:
-                problems.append(f"{path}: design.{dim}: {v!r} is not allowed{_did_you_mean(str(v), DIMENSIONS[dim])} "
-                                f"(allowed: {', '.join(DIMENSIONS[dim])})")
+                problems.append(f"{path}: design.{dim}: {preflight.shown(v)} is not allowed"
+                                f"{_did_you_mean(str(v), DIMENSIONS[dim])} (allowed: {', '.join(DIMENSIONS[dim])})")
         if isinstance(values, list) and len(set(values)) < len(values):
-            problems.append(f"{path}: design.{dim}: duplicate values in {values}")
+            problems.append(f"{path}: design.{dim}: duplicate values in {preflight.shown(values)}")
         if isinstance(values, list) and not values:
             problems.append(f"{path}: design.{dim}: empty list (give at least one value)")
     for key, value in space.train.items():
         if key not in TrainConfig.model_fields:
             hint = _did_you_mean(key, list(TrainConfig.model_fields))
-            problems.append(f"{path}: train.{key}: unknown hyper-parameter{hint} "
+            problems.append(f"{path}: train.{_clip(key, 60)}: unknown hyper-parameter{hint} "
                             f"(allowed: {', '.join(TrainConfig.model_fields)})")
         else:
             problems.extend(f"{path}: train.{p}" for p in _train_value_problems(key, value))
     for name in space.baselines:
         if name not in PRESETS:
-            problems.append(f"{path}: baselines: {name!r} is not a preset{_did_you_mean(name, list(PRESETS))} "
+            problems.append(f"{path}: baselines: {preflight.shown(name)} is not a preset"
+                            f"{_did_you_mean(name, list(PRESETS))} "
                             f"(allowed: {', '.join(PRESETS)})")
     problems.extend(_resource_problems(space.resources, path))
     problems.extend(_distribution_problems(space, path))
@@ -1143,6 +1161,14 @@ def _train_value_problems(key: str, value: Any) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def _searched_ints(value: Any) -> list[int]:
+    """The whole numbers a space's ``train:`` value can take at its extremes (none when it is not set)."""
+    if isinstance(value, Range):
+        return [int(value.low), int(value.high)]
+    return [int(v) for v in _as_list(value) if isinstance(v, (int, float)) and math.isfinite(v)] \
+        if value is not None else []
+
+
 def report_range(task: Task, space: SpaceConfig) -> tuple[int, int]:
     """The fewest and the most reports (``epochs x reports_per_epoch``) a trial of this space makes.
 
@@ -1185,6 +1211,9 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
     target = space.train.get("target_modules")
     for choice in _as_list(target) if target is not None else []:
         problems.extend(_target_problems(choice, task.config, info, f"{space_path}: train.target_modules"))
+    rank = preflight.rank_problem(_searched_ints(space.train.get("lora_rank")), info)
+    if rank:
+        problems.append(f"{space_path}: train.lora_rank: {rank}")
     if task.config.model.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"{task.path}: model.load_in_4bit: 4-bit loading needs the bitsandbytes package, which is "
                         "not installed (pip install bitsandbytes; allowed: load_in_4bit: false)")
@@ -1244,7 +1273,8 @@ def _design_problems(task: Task, choices: Mapping[str, Sequence[str]], prefix: s
         if missing:
             problems.append(f"{prefix}reasoning: CoT needs 'rationales' in every training record, one "
                             f"per slot; {len(missing)} of {len(task.splits['train'])} in data.train of {task.path} "
-                            f"lack some (e.g. {missing[0][0]}: none for {missing[0][1]}); "
+                            f"lack some (e.g. {preflight.cut(missing[0][0])}: none for "
+                            f"{preflight.cut(str(missing[0][1]))}); "
                             "add rationales or use reasoning: none")
     return problems
 

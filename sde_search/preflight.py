@@ -50,6 +50,7 @@ LEARNED_POSITIONS = frozenset({"gpt2", "gpt_bigcode", "gpt_neo", "opt"})
 """Model types whose positions are a learned table: a sequence past its length fails (an index error)."""
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _SHOW = 200  # at most this many characters of a user value in a message
 
 
@@ -123,6 +124,8 @@ class ModelInfo:
         leaves: Their last name parts (tiny, or a type of :data:`LORA_LEAVES`), else None: not checkable.
         context: Positions the model was built or trained for, or None when unknown.
         tokenizer: ``tokenizer.json`` of the folder, to count tokens, or None.
+        width: The hidden size, or None when unknown. No linear layer of a decoder is narrower on both sides, so a
+            LoRA rank above it adds no rank to any update, only memory (and far above it, more than there is).
     """
 
     kind: str
@@ -130,13 +133,14 @@ class ModelInfo:
     leaves: tuple[str, ...] | None
     context: int | None
     tokenizer: Path | None = None
+    width: int | None = None
 
 
-def tiny_info(layers: int) -> ModelInfo:
-    """The tiny model: a LlamaForCausalLM with ``layers`` decoder layers."""
+def tiny_info(layers: int, hidden_size: int | None = None) -> ModelInfo:
+    """The tiny model: a LlamaForCausalLM with ``layers`` decoder layers of width ``hidden_size``."""
     names = tuple(f"model.layers.{i}.{'self_attn' if leaf in TINY_LORA_LEAVES[:4] else 'mlp'}.{leaf}"
                   for i in range(layers) for leaf in TINY_LORA_LEAVES)
-    return ModelInfo("tiny", names, TINY_LORA_LEAVES, TINY_POSITIONS)
+    return ModelInfo("tiny", names, TINY_LORA_LEAVES, TINY_POSITIONS, width=hidden_size)
 
 
 def tiny_shape_problems(hidden_size: int, heads: int) -> list[str]:
@@ -163,8 +167,10 @@ def folder_info(folder: Path) -> tuple[ModelInfo | None, str]:
         return None, f"{config} is not a JSON object"
     kind = str(data.get("model_type") or "")
     context = next((data[k] for k in _CONTEXT_KEYS if isinstance(data.get(k), int)), None)
+    width = next((data[k] for k in _WIDTH_KEYS if isinstance(data.get(k), int) and data[k] > 0), None)
     tokenizer = folder / "tokenizer.json"
-    return ModelInfo(kind, None, LORA_LEAVES.get(kind), context, tokenizer if tokenizer.is_file() else None), ""
+    return ModelInfo(kind, None, LORA_LEAVES.get(kind), context, tokenizer if tokenizer.is_file() else None,
+                     width), ""
 
 
 def hub_cache() -> Path:
@@ -179,9 +185,9 @@ def hub_cache() -> Path:
 def cached_model(name: str, file: str = "config.json") -> Path | None:
     """The snapshot folder of a model id in the hub cache that holds ``file``, or None."""
     snapshots = hub_cache() / f"models--{name.replace('/', '--')}" / "snapshots"
-    if not snapshots.is_dir():
+    if not os.path.isdir(snapshots):  # os.path: a name too long or holding a NUL byte is just not there
         return None
-    return next((s for s in sorted(snapshots.iterdir()) if (s / file).is_file()), None)
+    return next((s for s in sorted(snapshots.iterdir()) if os.path.isfile(s / file)), None)
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -193,19 +199,31 @@ def model_location(name: str, task_folder: Path) -> tuple[Path | None, str]:
     Trials load models offline (``local_files_only``), so a model id must already be in the cache.
     """
     local = task_folder / name  # an absolute name stays absolute
-    if local.exists():
-        return (local, "") if local.is_dir() else (None, f"{local} is a file; give the model's folder")
+    if os.path.exists(local):  # os.path: a name too long or holding a NUL byte is just not there
+        return (local, "") if os.path.isdir(local) else (None, f"{cut(str(local))} is a file; give the model's folder")
     if not _REPO_ID.fullmatch(name) or ".." in name:
-        return None, f"no such folder: {local} (the path is relative to the task file's folder)"
+        return None, f"no such folder: {cut(str(local))} (the path is relative to the task file's folder)"
     cached = cached_model(name)
     if cached is None:
-        return None, (f"{shown(name)} is neither a folder next to the task file ({local}) nor a model in the "
-                      f"Hugging Face cache ({hub_cache()}); trials load models offline, so download it first "
-                      f"(huggingface-cli download {name}) or give a local folder")
+        hint = name if len(name) <= 80 else "<model id>"  # the name was quoted already
+        return None, (f"{shown(name)} is neither a folder next to the task file ({cut(str(task_folder))}) nor a "
+                      f"model in the Hugging Face cache ({cut(str(hub_cache()))}); trials load models offline, so "
+                      f"download it first (huggingface-cli download {hint}) or give a local folder")
     return cached, ""
 
 
 # ---------------------------------------------------------------- LoRA target modules
+
+
+def rank_problem(ranks: Sequence[int], info: ModelInfo | None) -> str:
+    """A LoRA rank above the model's width (no update gains rank from it; a huge one cannot be allocated), or ""."""
+    width = info.width if info else None
+    over = [r for r in ranks if width is not None and r > width]
+    if not over:
+        return ""
+    return (f"{cut(str(max(over)))} is above the model's hidden size {width}: an update of rank r has rank at most "
+            f"min(r, layer width), so the extra rank only costs memory (allowed: 1 to {width}; LoRA ranks are "
+            "usually 4 to 64)")
 
 
 def target_problems(target: str | Sequence[str], info: ModelInfo, *, tiny: bool) -> list[str]:
@@ -299,11 +317,11 @@ def _sqlite_problems(uri: str, cwd: Path) -> list[str]:
         return ["an in-memory SQLite database keeps nothing after the search; give a file: "
                 "sqlite:////<absolute path>/mlflow.db"]
     db = cwd / path  # sqlite:////abs -> /abs; sqlite:///rel -> cwd/rel
-    if db.is_dir():
-        return [f"{db} is a folder; give the database file, e.g. sqlite:///{db / 'mlflow.db'}"]
-    if not db.parent.is_dir():
-        return [f"the folder {db.parent} does not exist (MLflow would create it silently); create it or fix the "
-                "path (sqlite:////<absolute path> has four slashes)"]
+    if os.path.isdir(db):  # os.path: a name too long or holding a NUL byte is just not there
+        return [f"{cut(str(db))} is a folder; give the database file, e.g. sqlite:///{cut(str(db / 'mlflow.db'))}"]
+    if not os.path.isdir(db.parent):
+        return [f"the folder {cut(str(db.parent))} does not exist (MLflow would create it silently); create it or "
+                "fix the path (sqlite:////<absolute path> has four slashes)"]
     return []
 
 

@@ -325,7 +325,8 @@ class TrialTracker(MLflowLoggerCallback):
     their results stay in Tune's ``result.json`` and in this queue, and the terminal says so once.
     """
 
-    _client: MlflowClient | None = None  # a class default: a Tuner pickled by an older version has no such field
+    _client: MlflowClient | None = None  # class defaults: a Tuner pickled by an older version has no such field
+    _steps: dict[str, set[int]] | None = None  # run id -> steps already logged there
 
     def __init__(self, *args: Any, **kwargs: Any):
         """Same arguments as ``MLflowLoggerCallback``."""
@@ -373,6 +374,9 @@ class TrialTracker(MLflowLoggerCallback):
             if earlier is not None:  # a resumed trial keeps the run it had before the driver was killed
                 self.client().update_run(earlier, status="RUNNING")
                 self._trial_runs[trial] = earlier
+                if self._steps is None:
+                    self._steps = {}
+                self._steps[earlier] = {m.step for m in self.client().get_metric_history(earlier, "progress")}
             else:
                 tags = {**self.tags, "trial_name": str(trial)}
                 self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
@@ -388,7 +392,15 @@ class TrialTracker(MLflowLoggerCallback):
         return runs[0].info.run_id if runs else None
 
     def _result(self, trial: Any, metrics: list[Metric]) -> None:
-        self.client().log_batch(self._trial_runs[trial], metrics=metrics)
+        run_id = self._trial_runs[trial]
+        if self._steps is None:
+            self._steps = {}
+        logged = self._steps.setdefault(run_id, set())
+        step = metrics[0].step if metrics else None
+        if step in logged:  # a trial resumed from an older checkpoint reports this step again: the first one stays
+            return
+        self.client().log_batch(run_id, metrics=metrics)
+        logged.add(step)
 
     def log_trial_start(self, trial: Any) -> None:  # noqa: D102
         self._call(self._start, trial, [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()])

@@ -93,7 +93,7 @@ class TaskType:
     def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],
                        unmentioned: str) -> list[str]:
         """Labels of ``record`` outside the schema, as short messages (empty when fine)."""
-        return [f"slot {s!r} is not in labels.slots/ood_slots (allowed: {', '.join(slots)})"
+        return [f"slot {_short(s)} is not in labels.slots/ood_slots (allowed: {clip(', '.join(slots))})"
                 for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],
@@ -141,9 +141,9 @@ class AspectSentiment(TaskType):
     def label_problems(self, record: Record, slots: Sequence[str], values: Sequence[str],  # noqa: D102
                        unmentioned: str) -> list[str]:
         allowed = [*values, unmentioned]
-        bad = [f"aspect {s!r}: label {v[0]!r} is not one of {allowed}" for s, v in record.answer.items()
-               if s in slots and v[0] not in allowed]
-        return bad + [f"aspect {s!r} is not in labels.slots/ood_slots (allowed: {', '.join(slots)})"
+        bad = [f"aspect {_short(s)}: label {_short(v[0])} is not one of {clip(str(allowed))}"
+               for s, v in record.answer.items() if s in slots and v[0] not in allowed]
+        return bad + [f"aspect {_short(s)} is not in labels.slots/ood_slots (allowed: {clip(', '.join(slots))})"
                       for s in record.answer if s not in slots]
 
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
