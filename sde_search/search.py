@@ -534,6 +534,7 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
     resources have been checked, so a mistake leaves nothing behind.
     """
     runs_dir = Path(args.runs_dir).resolve()
+    check_runs_dir(runs_dir)
     info: RunInfo | None = None
     if args.resume:
         run_dir = _find_run(runs_dir, args.resume, task)
@@ -594,6 +595,17 @@ def check_run_name(name: str) -> None:
     if len(name) > MAX_RUN_NAME:
         raise ConfigError([f"--name {name[:60]}...: {len(name)} characters; at most {MAX_RUN_NAME} (pick a shorter "
                            "--name, or a shorter task name)"])
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """Refuses a runs folder that is a file, lies under a file or cannot be written (raises ConfigError)."""
+    existing = runs_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError([f"--runs-dir {runs_dir}: {existing} is a file, not a folder"])
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError([f"--runs-dir {runs_dir}: {existing} is not writable"])
 
 
 def _trained_anything(run_dir: Path) -> bool:

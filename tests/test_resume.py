@@ -174,3 +174,14 @@ def test_run_names_that_cannot_be_a_folder_are_refused(name: str) -> None:
 
     with pytest.raises(ConfigError, match="--name"):
         check_run_name(name)
+
+
+def test_a_runs_folder_that_is_a_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from sde_search.config import ConfigError
+    from sde_search.search import check_runs_dir
+
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "runs"):
+        with pytest.raises(ConfigError, match="is a file, not a folder"):
+            check_runs_dir(bad)
+    check_runs_dir(tmp_path / "new" / "runs")  # made with the first run
