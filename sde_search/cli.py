@@ -7,11 +7,12 @@ traceback), 1 anything else. ``--check`` imports no torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sde_search import preflight, render_check
@@ -61,9 +62,26 @@ def _port(text: str) -> int:
     return value
 
 
+def version_line() -> str:
+    """``sde-search X (ray ..., optuna ..., ...)``, read from the installed metadata (nothing heavy is imported)."""
+    from importlib import metadata
+
+    from sde_search import __version__
+
+    libs = []
+    for name in ("ray", "optuna", "mlflow", "torch", "transformers", "peft"):
+        try:
+            libs.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            libs.append(f"{name} not installed")
+    return f"sde-search {__version__} ({', '.join(libs)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``search`` is the default command)."""
     parser = argparse.ArgumentParser(prog="sde-search", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", "-V", action="version", version=version_line(),
+                        help="Print the versions of sde-search and the libraries it runs on, then exit.")
     sub = parser.add_subparsers(dest="command")
     s = sub.add_parser("search", help="Search sample designs (default command).")
     _add_task_args(s)
@@ -111,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sde-search`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "-V", "--version"):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
     _show_progress()
@@ -219,9 +237,42 @@ def _ui(args: argparse.Namespace) -> int:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger (PITFALLS 7)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
+    return run_server(cmd, env)
+
+
+def run_server(cmd: Sequence[str], env: Mapping[str, str], grace_s: float = 10.0) -> int:
+    """Runs a server in its own process group until it exits or this process gets SIGINT, SIGTERM or SIGHUP.
+
+    The signal is passed on to the server's whole group (``mlflow ui`` starts worker processes of its own, which
+    a plain ``subprocess.call`` left running after a SIGTERM); after ``grace_s`` seconds they are killed.
+    """
+    import signal
     import subprocess
 
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
+    stopped: list[float] = []  # when the first signal came
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while proc.poll() is None:
+            if stopped and time.monotonic() - stopped[0] > grace_s:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):  # workers the server left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        print("MLflow UI stopped", flush=True)
+        return 0
+    return proc.returncode
 
 
 def run_folder(run: str, runs_dir: str) -> Path:

@@ -550,7 +550,7 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, args: argparse.
             check_tracking(uri)
         info_kw = {"name": name, "run_dir": str(run_dir), "task_path": str(task.path), "space_path": str(space_path),
                    "tracking_uri": uri, "experiment": task.config.tracking.experiment or task.config.name,
-                   "study_name": f"sde-{task.config.name}-{name}", "overrides": tuple(args.overrides)}
+                   "study_name": study_name(task.config.name, name), "overrides": tuple(args.overrides)}
     warm = warm_designs(runs_dir, args.warm_start) if getattr(args, "warm_start", None) else []
     if warm:
         print("warm start: " + ", ".join(d.short() for d in warm), flush=True)
@@ -595,6 +595,11 @@ def check_run_name(name: str) -> None:
     if len(name) > MAX_RUN_NAME:
         raise ConfigError([f"--name {name[:60]}...: {len(name)} characters; at most {MAX_RUN_NAME} (pick a shorter "
                            "--name, or a shorter task name)"])
+
+
+def study_name(task_name: str, run_name: str) -> str:
+    """The Optuna study's name: ``sde-<run>``, with the task in front when the run name does not start with it."""
+    return f"sde-{run_name}" if run_name.startswith(task_name) else f"sde-{task_name}-{run_name}"
 
 
 def check_runs_dir(runs_dir: Path) -> None:

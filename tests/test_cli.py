@@ -114,3 +114,45 @@ def test_unreachable_tracking_server_fails_before_anything(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"--tracking-uri http://127.0.0.1:{port}: MLflow server not reachable" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_version_names_the_tool_and_its_libraries(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert re.match(r"sde-search \d+\.\d+\.\d+ \(ray \S+, optuna \S+, mlflow \S+, torch \S+", out), out
+
+
+@pytest.mark.slow
+def test_sigterm_to_ui_stops_the_whole_mlflow_server(tmp_path: Path) -> None:
+    """``sde-search ui`` passes SIGTERM on to the MLflow server and its workers: nothing keeps listening."""
+    import signal
+    import socket
+    import time
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("x")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sde_search.cli", "ui", "--runs-dir", str(tmp_path), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the MLflow UI never listened: " + (proc.communicate()[0] or "")[-2000:])
+    server = psutil.Process(proc.pid).children(recursive=True)
+    assert server, "the UI runs no server process"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0 and "MLflow UI stopped" in out, out[-2000:]
+    gone, alive = psutil.wait_procs(server, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]

@@ -185,3 +185,10 @@ def test_a_runs_folder_that_is_a_file_is_refused_before_anything_starts(tmp_path
         with pytest.raises(ConfigError, match="is a file, not a folder"):
             check_runs_dir(bad)
     check_runs_dir(tmp_path / "new" / "runs")  # made with the first run
+
+
+def test_the_study_name_says_the_task_once() -> None:
+    from sde_search.search import study_name
+
+    assert study_name("demo_masa", "demo_masa-20261202-101500") == "sde-demo_masa-20261202-101500"
+    assert study_name("demo_masa", "it") == "sde-demo_masa-it"
