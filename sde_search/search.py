@@ -306,6 +306,9 @@ class FullBudgetOptunaSearch(OptunaSearch):
         if not stopped or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
+        # Tune does not pass the result that ASHA stopped a trial on to the searcher: report it here, so the
+        # pruned trial's last intermediate value is the one it was judged on, not the report before it.
+        self.on_trial_result(trial_id, result)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - as Ray does: a bookkeeping error must not stop the search

@@ -78,6 +78,15 @@ def test_search_end_to_end(small_search):
     with sqlite3.connect(runs / "it" / "optuna.db") as db:
         pruned = db.execute("select count(*) from trials where state = 'PRUNED'").fetchone()[0]
     assert pruned == len(stopped)  # Optuna sees ASHA-stopped trials as pruned, not as final scores
+    rows = {r["trial_id"]: r for r in json.loads((runs / "it" / "trials.json").read_text())}
+    with sqlite3.connect(runs / "it" / "optuna.db") as db:
+        last_steps = db.execute(
+            "select a.value_json, max(v.step) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+            "join trial_intermediate_values v on v.trial_id = t.trial_id where t.state = 'PRUNED' "
+            "and a.key = 'tune_trial_id' group by t.trial_id").fetchall()
+    assert len(last_steps) == len(stopped)
+    for tune_id, step in last_steps:  # the value ASHA stopped it on reached Optuna, not only the one before
+        assert step == max(h["report"] for h in rows[json.loads(tune_id)]["history"]), (tune_id, step)
 
 
 # SIGKILL at random moments (evaluation among them): test_resume_kills.py; here the two fixed moments it cannot aim at
