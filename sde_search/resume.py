@@ -289,7 +289,8 @@ def prepare(info: RunInfo, metric: str | list[str]) -> Repair:
             _tell(study, ot, trial, last, metric)
             repair.told.append(ot.number)
     known = {t.trial_id for t in trials}
-    for ot in study.get_trials(deepcopy=False):
+    tagged = any(tune_id_of(study, ot) for ot in study.get_trials(deepcopy=False))  # False: an older version's
+    for ot in study.get_trials(deepcopy=False) if tagged else ():
         if ot.state != optuna.trial.TrialState.WAITING and tune_id_of(study, ot) not in known:
             (repair.orphans if ot.state == optuna.trial.TrialState.RUNNING else repair.lost).append(ot.number)
     if repair.finished:
@@ -363,12 +364,18 @@ def _move_orphan_folders(tune_dir: Path, known: Iterable[str], to: Path) -> None
 
 
 def _start_afresh(info: RunInfo) -> None:
-    """Removes the Tune experiment and the study of a search killed before Tune saved its state."""
+    """Sets aside the Tune experiment and the study of a search killed before Tune saved a usable state.
+
+    They move to ``discarded/<time>/`` rather than being deleted: nothing a user may want is ever lost.
+    """
+    import time
+
     run_dir = Path(info.run_dir)
-    shutil.rmtree(run_dir / "tune", ignore_errors=True)
-    shutil.rmtree(run_dir / "state", ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        (run_dir / "optuna.db").unlink()
+    aside = run_dir / "discarded" / time.strftime("%Y%m%d-%H%M%S")
+    for name in ("tune", "state", "optuna.db", "results"):
+        if (run_dir / name).exists():
+            aside.mkdir(parents=True, exist_ok=True)
+            os.replace(run_dir / name, aside / name)
     from sde_search import tracking
 
     c = tracking.client(info)

@@ -124,6 +124,8 @@ def test_a_kill_before_tune_saved_anything_starts_afresh(tmp_path: Path) -> None
     (run_dir / "tune" / "experiment_state-s.json").write_text('{"trial_data": [["{\\"trial_id')  # cut mid-write
     repair = resume.prepare(info, "score")
     assert repair.fresh and not (run_dir / "tune").exists() and not (run_dir / "optuna.db").exists()
+    aside = next((run_dir / "discarded").iterdir())  # set aside, not deleted
+    assert (aside / "optuna.db").is_file() and (aside / "tune" / "tuner.pkl").is_file()
     assert all(client.get_run(r).info.lifecycle_stage == "deleted" for r in runs.values())
 
 
