@@ -366,7 +366,7 @@ def _move_orphan_folders(tune_dir: Path, known: Iterable[str], to: Path) -> None
 def _start_afresh(info: RunInfo) -> None:
     """Sets aside the Tune experiment and the study of a search killed before Tune saved a usable state.
 
-    They move to ``discarded/<time>/`` rather than being deleted: nothing a user may want is ever lost.
+    They move to ``discarded/<time>/`` rather than being deleted; their MLflow trial runs are marked deleted.
     """
     import time
 
@@ -379,7 +379,7 @@ def _start_afresh(info: RunInfo) -> None:
     from sde_search import tracking
 
     c = tracking.client(info)
-    for run in tracking.child_runs(info):
+    for run in tracking.child_runs(info):  # MLflow's delete is soft: `mlflow gc` or the UI can still restore them
         c.delete_run(run.info.run_id)
 
 
