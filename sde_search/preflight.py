@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from sde_search.tasks import clip
+
 TINY_POSITIONS = 4096
 """Positions of the ``tiny`` model (``max_position_embeddings`` of the LlamaConfig ``train.build_model`` builds)."""
 
@@ -56,7 +58,7 @@ _SHOW = 200  # at most this many characters of a user value in a message
 
 def cut(text: str) -> str:
     """A text for a message, cut to about 200 characters (messages quote user values, never whole files)."""
-    return text if len(text) <= _SHOW else text[:_SHOW] + "..."
+    return clip(text, _SHOW, count=False)
 
 
 def shown(value: Any) -> str:

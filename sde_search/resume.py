@@ -269,9 +269,10 @@ def prepare(info: RunInfo, metric: str | list[str]) -> Repair:
     state_path, data, trials = loaded
     study = optuna.load_study(study_name=info.study_name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     by_tune = {tune_id_of(study, t): t for t in study.get_trials(deepcopy=False)}
+    reported = {t.trial_id: results_of(run_dir, t) for t in trials}
     for trial in trials:
         ot = by_tune.get(trial.trial_id)
-        results = results_of(run_dir, trial)
+        results = reported[trial.trial_id]
         _restore_result_json(tune_dir / trial.logdir, results)
         last = results[-1] if results else None
         done_by_results = last is not None and float(last.get("progress", 0)) >= 1
@@ -298,7 +299,7 @@ def prepare(info: RunInfo, metric: str | list[str]) -> Repair:
         write_atomic(state_path, json.dumps(data))
         _set_live_trials(tune_dir, {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")})
     _move_orphan_folders(tune_dir, known, run_dir / "orphans")
-    _reconcile_mlflow(info, trials, repair)
+    _reconcile_mlflow(info, trials, reported, repair)
     return repair
 
 
@@ -383,7 +384,8 @@ def _start_afresh(info: RunInfo) -> None:
         c.delete_run(run.info.run_id)
 
 
-def _reconcile_mlflow(info: RunInfo, trials: list[TuneTrial], repair: Repair) -> None:
+def _reconcile_mlflow(info: RunInfo, trials: list[TuneTrial], reported: Mapping[str, list[dict[str, Any]]],
+                      repair: Repair) -> None:
     """One run per Tune trial; finished trials' runs closed with every result; unknown trials' runs removed."""
     from sde_search import tracking
 
@@ -398,7 +400,7 @@ def _reconcile_mlflow(info: RunInfo, trials: list[TuneTrial], repair: Repair) ->
             continue
         if trial.status not in ("TERMINATED", "ERROR"):
             continue
-        tracking.backfill(c, run.info.run_id, results_of(Path(info.run_dir), trial))
+        tracking.backfill(c, run.info.run_id, reported[trial.trial_id])
         status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
         if run.info.status != status:
             c.set_terminated(run.info.run_id, status=status)

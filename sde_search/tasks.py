@@ -527,9 +527,14 @@ def _plugin_frame(kind: TaskType, exc: BaseException) -> str:
     return found or (Path(plugin_file).name if plugin_file else "")
 
 
-def clip(text: str, limit: int = 200) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis: messages never quote a whole user value."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+def clip(text: str, limit: int = 200, *, count: bool = True) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (and, with ``count``, its full length).
+
+    Messages never quote a whole user value.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)" if count else f"{text[:limit]}..."
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
