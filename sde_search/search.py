@@ -371,15 +371,19 @@ class TrialTracker(MLflowLoggerCallback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    def logged_steps(self) -> dict[str, set[int]]:
+        """Run id -> the steps already logged there (created on first use: see the class defaults)."""
+        if self._steps is None:
+            self._steps = {}
+        return self._steps
+
     def _start(self, trial: Any, params: list[Param]) -> None:
         if trial not in self._trial_runs:
             earlier = self._earlier_run(str(trial))
             if earlier is not None:  # a resumed trial keeps the run it had before the driver was killed
                 self.client().update_run(earlier, status="RUNNING")
                 self._trial_runs[trial] = earlier
-                if self._steps is None:
-                    self._steps = {}
-                self._steps[earlier] = {m.step for m in self.client().get_metric_history(earlier, "progress")}
+                self.logged_steps()[earlier] = {m.step for m in self.client().get_metric_history(earlier, "progress")}
             else:
                 tags = {**self.tags, "trial_name": str(trial)}
                 self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
@@ -396,9 +400,7 @@ class TrialTracker(MLflowLoggerCallback):
 
     def _result(self, trial: Any, metrics: list[Metric]) -> None:
         run_id = self._trial_runs[trial]
-        if self._steps is None:
-            self._steps = {}
-        logged = self._steps.setdefault(run_id, set())
+        logged = self.logged_steps().setdefault(run_id, set())
         step = metrics[0].step if metrics else None
         if step in logged:  # a trial resumed from an older checkpoint reports this step again: the first one stays
             return
@@ -617,7 +619,8 @@ def check_runs_dir(runs_dir: Path) -> None:
 
 
 def _trained_anything(run_dir: Path) -> bool:
-    return any((run_dir / "tune").glob("trainable_*/result.json"))
+    # The result log, not Tune's result.json: Tune copies that into the run folder only with each state snapshot.
+    return any((run_dir / "results").glob("*.jsonl"))
 
 
 def _remove_new_run(run_dir: Path, info: RunInfo | None) -> None:
