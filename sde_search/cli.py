@@ -22,6 +22,7 @@ from sde_search.config import (
     Task,
     check_compatible,
     check_design,
+    codes_text,
     load_space,
     load_task,
     read_yaml,
@@ -99,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="Train and score one design, without Ray or MLflow.")
     _add_task_args(t)
     t.add_argument("--design", default="es_sde", help="Preset, key=value,... or a design YAML (default: es_sde).")
-    t.add_argument("--out", help="Folder for checkpoints, metrics and (with --full) the final adapter.")
+    t.add_argument("--out", help="Folder for checkpoints, metrics.jsonl, the generations (outputs/design.<split>"
+                   ".jsonl: prompt, target, output, parsed answer per record) and, with --full, the final adapter "
+                   "(default: runs/train-<task>-<time>).")
+    t.add_argument("--test", action="store_true",
+                   help="Also score the test splits (test_id, test_ood when the task has them) once, from the last "
+                        "checkpoint: a 'test' row in the table, test_metrics.json and their generations.")
     t.add_argument("--full", action="store_true",
                    help="Final fine-tune: every training record (data.max_* ignored), full eval sets.")
     r = sub.add_parser("report", help="Rebuild the report (markdown + plots) of a finished search.")
@@ -199,11 +205,12 @@ def _search(args: argparse.Namespace) -> int:
     uri = None if args.resume else args.tracking_uri  # a resumed search keeps the store it started with
     problems = [f"--tracking-uri {preflight.cut(uri)}: {p}" for p in preflight.tracking_problems(uri)] if uri else []
     baselines = [ES_SDE, PAPER_BASELINE, *(PRESETS[b] for b in space.baselines if b in PRESETS)]
-    problems.extend(render_check.problems(task, space, [*baselines, *extra]))  # what --check prints must hold
+    trip = render_check.round_trip(task, render_check.space_designs(space, [*baselines, *extra]))
+    problems.extend(render_check.problems(task, space, [*baselines, *extra], trip))  # what --check prints must hold
     if problems:
         raise ConfigError(problems)
     if args.check:
-        print_check(task, space, space_path, extra)
+        print_check(task, space, space_path, extra, trip)
         return 0
     from sde_search import search  # heavy: Ray, MLflow
 
@@ -215,9 +222,25 @@ def _train(args: argparse.Namespace) -> int:
     task = load_task(args.task, [*_split_overrides(args.overrides)[0], *full])
     design = load_design(args.design)
     check_design(task, design, f"--design {args.design!r}")
+    if args.test and not {"test_id", "test_ood"} & set(task.splits):
+        raise ConfigError([f"{task.path}: data: --test scores test_id and test_ood, but the task names neither "
+                           "(add data.test_id, or leave out --test)"])
+    out = Path(args.out) if args.out else train_folder(task.config.name)
+    if out.exists() and not out.is_dir():
+        raise ConfigError([f"--out {clip(str(out))}: is a file, not a folder (name a new or existing folder)"])
     from sde_search import train  # heavy: torch, peft
 
-    return train.main(task, design, out=args.out, save_adapter=args.full)
+    return train.main(task, design, out=out, save_adapter=args.full, test=args.test)
+
+
+def train_folder(task_name: str, runs_dir: Path = Path("runs")) -> Path:
+    """``runs/train-<task>-<time>``, the default ``train --out``; a suffix keeps two runs in one second apart."""
+    base = path = runs_dir / f"train-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    k = 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -395,23 +418,33 @@ def design_from_yaml(data: dict, path: Path) -> Design:
     return Design(**{str(k).removeprefix("design."): v for k, v in block.items()})
 
 
-def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequence[Design]) -> None:
-    """Prints what ``--check`` shows: counts, space size, renders and their round trips."""
+def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequence[Design],
+                trip: render_check.RoundTrip | None = None) -> None:
+    """Prints what ``--check`` shows: counts, each split's source, space size, renders and their round trips."""
     print(f"task {task.config.name} ({task.config.type}) from {task.path}")
     print("data: " + ", ".join(f"{k} {len(v)}" for k, v in task.splits.items()))
+    print("splits:")
+    for split, source in task.sources.items():
+        print(f"  {split}: {source}")
     print(f"slots: {', '.join(task.slots)}" + (f" | OOD slots: {', '.join(task.ood_slots)}"
                                              if task.ood_slots != task.slots else ""))
+    if not task.kind.multi_valued and "number" in {*space.design_choices()["label_style"],
+                                                   *(d.label_style for d in extra)}:
+        print(f"label codes (label_style number; inferred where labels.numbers gives none): "
+              f"{codes_text(task.config.labels.numbers)}")
     print(f"space {space_path.name}: {space.size()} designs; budget {space.budget.num_samples} trials, "
           f"{space.budget.max_concurrent} at once; objective {task.config.objective}")
     for note in [task.kappa_note(), *render_check.notes(task, space)]:
         if note:
             print(f"note: {note}")
+    for line in render_check.round_trip_lines(trip) if trip else []:  # every record of every split
+        print(line)
     record = task.splits["train"][0]
     designs = {"paper_baseline": PAPER_BASELINE, "es_sde": ES_SDE}
     designs.update({d.short(): d for d in extra})
     for name, design in designs.items():
         sample = render(record, design, task)
-        parsed = parse(sample.target, design, task)
+        parsed = parse(sample.target, design, task, slots=record.slots)
         ok = parsed.answer == task.gold(record, "train") and not parsed.errors
         lengths = [len((s.prompt + s.target).split()) for s in
                    (render(r, design, task) for r in task.splits["train"][:50])]

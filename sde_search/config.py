@@ -21,19 +21,19 @@ import re
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sde_search import metrics, preflight, tasks
+from sde_search import metrics, preflight, splits, tasks
 from sde_search.design import DIMENSIONS, PRESETS, Design
+from sde_search.splits import SplitSpec
 
-SPLITS = ("train", "eval_id", "eval_ood", "test_id", "test_ood")
-SEED_LIMIT = 2**32
-"""Seeds lie in [0, 2**32): numpy's RandomState (Optuna's samplers) refuses others, torch any beyond 64 bits."""
+SPLITS = splits.SPLITS
+SEED_LIMIT = splits.SEED_LIMIT
 SEARCHED_SPLITS = ("train", "eval_id", "eval_ood")
 
 
@@ -53,19 +53,34 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the records are; paths are relative to ``root``, itself relative to the YAML's folder."""
+    """Where the records are: each split a path, ``none``, or a mapping (a carve; see :mod:`sde_search.splits`).
 
-    root: str = Field(".", description="Folder the split paths are relative to (override with --set data.root=...).")
-    train: str = Field(description="Training records (JSONL, CSV or hf:<id>).")
-    eval_id: str = Field(description="In-domain records scored during the search.")
-    eval_ood: str | None = Field(None, description="Out-of-domain records scored during the search "
-                                 "(default: eval_id read with labels.ood_slots, when those differ).")
-    test_id: str | None = Field(None, description="In-domain records for the final report only.")
-    test_ood: str | None = Field(None, description="Out-of-domain records for the final report only.")
+    A relative path resolves against ``root``, itself relative to the YAML's folder; absolute paths and ``~`` are
+    taken as is.
+    """
+
+    root: str = Field(".", description=(
+        "Folder that relative split paths resolve against; itself relative to the task file's folder, absolute and "
+        "~ paths taken as is (override with --set data.root=...)."))
+    train: str | SplitSpec = Field(description=(
+        "Training records: a path (.jsonl, .json or .csv; relative to data.root, or absolute, or ~/...), "
+        "hf:<dataset id>, or a carve {from: FILE, size: N or 0<f<1, seed: S, group: KEY}."))
+    eval_id: str | SplitSpec = Field(description=(
+        "In-domain records scored during the search: a path, hf:<id>, or a carve out of a file, e.g. "
+        "{from: train, size: 200, seed: 0, group: doc_id} (the split that reads that file keeps the rest; whole "
+        "groups of the key and of equal texts stay on one side)."))
+    eval_ood: str | SplitSpec | None = Field(None, description=(
+        "Out-of-domain records scored during the search: a path, a carve, {from: eval_id} (eval_id's records read "
+        "with labels.ood_slots), or none (no OOD split; the default)."))
+    test_id: str | SplitSpec | None = Field(None, description=(
+        "In-domain records for the final report only: a path, a carve, or none (the default)."))
+    test_ood: str | SplitSpec | None = Field(None, description=(
+        "Out-of-domain records for the final report only: a path, a carve, {from: test_id} (test_id's records "
+        "read with labels.ood_slots), or none (the default)."))
     max_train: int | None = Field(None, ge=1, description="Sub-sample the training set to this size.")
     max_eval: int | None = Field(None, ge=1, description="Sub-sample each eval set to this size.")
     max_test: int | None = Field(None, ge=1, description="Sub-sample each test set to this size.")
-    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the sub-sampling.")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the sub-sampling, and of carves that name none.")
     columns: dict[str, str] = Field({}, description="Record key -> source column, for CSV and hf: sources.")
 
 
@@ -76,7 +91,10 @@ class LabelsConfig(_Strict):
     ood_slots: list[str] | None = Field(None, description="Slots of the OOD sets (paper D1 -> D2); default: slots.")
     values: list[str] = Field([], description="MASA label values, without the unmentioned label.")
     unmentioned: str | None = Field(None, description="Placeholder for empty slots (MASA 'unmentioned', else 'none').")
-    numbers: dict[str, int] = Field({}, description="Label -> numeric code for label_style=number (MASA).")
+    numbers: dict[str, int] = Field({}, description=(
+        "Label -> numeric code for label_style=number (MASA); any labels left out get one: the paper's code for "
+        "positive 1, neutral 0, negative -1, unmentioned -2 when no label has it yet, else the smallest free whole "
+        "number from 0 up, in labels.values order with the unmentioned label last (--check prints them all)."))
     synonyms: dict[str, list[str]] = Field({}, description="Label -> accepted synonyms when parsing.")
 
 
@@ -311,12 +329,14 @@ class SpaceConfig(_Strict):
 
 @dataclass(frozen=True)
 class Task:
-    """A loaded task: its validated config, task type and records per split."""
+    """A loaded task: its validated config, task type, records per split and where each split came from."""
 
     config: TaskConfig
     path: Path
     kind: tasks.TaskType
     splits: Mapping[str, tuple[tasks.Record, ...]]
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Split -> where its records came from, in words (every split, those turned off too); ``--check`` prints it."""
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -338,8 +358,8 @@ class Task:
         return self.ood_slots if split.endswith("_ood") else self.slots
 
     def gold(self, record: tasks.Record, split: str) -> dict[str, tuple[str, ...]]:
-        """The record's answer on the split's slots."""
-        return self.kind.gold(record, self.slots_for(split), self.unmentioned)
+        """The record's answer on its own slots (``Record.slots``), else on the split's slots."""
+        return self.kind.gold(record, record.slots or self.slots_for(split), self.unmentioned)
 
     def ood_measurable(self, design: Design) -> bool:
         """Whether a design gets an OOD score: a No-inst prompt names no slots, so it cannot ask for OOD ones."""
@@ -398,6 +418,8 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
     """The pydantic model that owns the key at ``loc`` (for "did you mean" suggestions)."""
     if any(isinstance(p, str) and "Range" in p for p in loc):  # a {type, low, high} range inside a union
         return Range
+    if any(isinstance(p, str) and "SplitSpec" in p for p in loc):  # a carve {from, size, ...} inside a union
+        return SplitSpec
     current: Any = model
     for part in _clean_loc(loc)[:-1]:
         if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
@@ -412,7 +434,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     value, kind = err.get("input"), err["type"]
     if kind == "extra_forbidden":
         owner = _model_at(model, err["loc"])
-        allowed = list(owner.model_fields) if owner else []
+        allowed = [f.alias or name for name, f in owner.model_fields.items()] if owner else []  # 'from', not 'from_'
         hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
         return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"{key}: unknown key"
     if kind == "missing":
@@ -427,15 +449,17 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
         return (f"{key}: {_clip(repr(value))} is read as a string by YAML; write it with a dot and signed exponent, "
                 "e.g. 1.0e-4")
     explained = ("string_pattern_mismatch", "less_than_equal", "less_than")  # the field says why
-    hint = _field_hint(model, err["loc"]) if kind in explained else _design_hint(model, loc)
+    split_shape = model is TaskConfig and len(loc) == 2 and loc[0] == "data" and loc[1] in SPLITS  # str or mapping
+    hint = _field_hint(model, err["loc"]) if kind in explained or split_shape else _design_hint(model, loc)
     return f"{key}: {err['msg'].removeprefix('Value error, ')} (got {_clip(repr(value))}){hint}"
 
 
 def _field_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
     """`` -- <the field's description>`` for the key at ``loc``, or "" when it has none."""
     owner, name = _model_at(model, loc), _clean_loc(loc)[-1]
-    field = owner.model_fields.get(name) if owner and isinstance(name, str) else None
-    return f" -- {field.description.rstrip('.')}" if field and field.description else ""
+    fields = {f.alias or key: f for key, f in owner.model_fields.items()} if owner else {}  # keys as written
+    found = fields.get(name) if isinstance(name, str) else None
+    return f" -- {found.description.rstrip('.')}" if found and found.description else ""
 
 
 def _keys_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
@@ -726,10 +750,11 @@ def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     if problems or config is None:
         raise ConfigError(problems)
     kind = tasks.TASK_TYPES[config.type]
-    splits = _load_splits(config, path, kind, problems)
+    config = with_label_codes(config, kind)
+    records, sources = _load_splits(config, path, kind, problems)
     if problems:
         raise ConfigError(problems)
-    return Task(config=config, path=path, kind=kind, splits=splits)
+    return Task(config=config, path=path, kind=kind, splits=records, sources=sources)
 
 
 def _load_plugins(modules: Any, path: Path) -> list[str]:
@@ -793,20 +818,12 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
     if not kind.multi_valued and not labels.values:
         problems.append(f"{path}: labels.values: {config.type} needs the label values, "
                         "e.g. [positive, negative, neutral]")
-    unknown = sorted(set(labels.numbers) - set(labels.values) - {labels.unmentioned or kind.placeholder})
+    all_labels = [*labels.values, labels.unmentioned or kind.placeholder]
+    unknown = sorted(set(labels.numbers) - set(all_labels))
     if unknown:
         problems.append(f"{path}: labels.numbers: {preflight.cut(str(unknown))} are not labels "
-                        f"(allowed: {preflight.cut(str(labels.values))})")
-    all_labels = [*labels.values, labels.unmentioned or kind.placeholder]
-    uncoded = [label for label in all_labels if label not in labels.numbers]
-    if labels.numbers and not kind.multi_valued and uncoded:
-        problems.append(f"{path}: labels.numbers: no code for {preflight.cut(str(uncoded))} (every label needs "
-                        f"one: {preflight.cut(str(all_labels))})")
-    codes = list(labels.numbers.values())
-    shared = sorted({c for c in codes if codes.count(c) > 1})
-    if shared:
-        problems.append(f"{path}: labels.numbers: codes {preflight.cut(str(shared))} are given to several labels; "
-                        "codes must differ")
+                        f"(allowed: {preflight.cut(str(all_labels))})")
+    problems.extend(_code_problems(labels.numbers, all_labels, path))
     weights = config.metrics.kappa_weights
     size = len(all_labels)
     if weights is not None and (kind.multi_valued or len(weights) != size or any(len(r) != size for r in weights)):
@@ -834,6 +851,65 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
     if config.tracking.uri is not None:
         problems.extend(f"{path}: tracking.uri: {p}" for p in preflight.tracking_problems(config.tracking.uri))
     return problems
+
+
+PAPER_CODES = {"positive": 1, "neutral": 0, "negative": -1, "unmentioned": -2}
+"""The paper's number labels: a label of one of these names gets this code unless another label holds it."""
+
+
+def label_codes(labels: Sequence[str], given: Mapping[str, int]) -> dict[str, int]:
+    """Every label's code for ``label_style: number``: the given codes, the others inferred.
+
+    A given code is kept. A label named as in :data:`PAPER_CODES` gets the paper's code when no label holds it
+    yet. Every other label gets the smallest whole number from 0 up that no label holds, in ``labels`` order.
+
+    Args:
+        labels: Every label in order: ``labels.values``, then the unmentioned label.
+        given: ``labels.numbers`` (entries for names outside ``labels`` are left out).
+
+    Returns:
+        Label -> code for every label, in ``labels`` order; the codes differ when the given ones do.
+    """
+    codes = {label: given[label] for label in labels if label in given}
+    for label in labels:
+        if label not in codes and label in PAPER_CODES and PAPER_CODES[label] not in codes.values():
+            codes[label] = PAPER_CODES[label]
+    for label in labels:
+        if label not in codes:
+            codes[label] = next(n for n in range(len(labels) + 1) if n not in codes.values())  # one is free
+    return {label: codes[label] for label in labels}
+
+
+def codes_text(codes: Mapping[str, int]) -> str:
+    """Codes as a YAML flow mapping, ready to paste under ``labels.numbers``."""
+    return "{" + ", ".join(f"{label}: {code}" for label, code in codes.items()) + "}"
+
+
+def _code_problems(given: Mapping[str, int], all_labels: Sequence[str], path: Path) -> list[str]:
+    """Codes given to several labels, with a complete mapping that fixes them (every label, codes inferred)."""
+    codes = list(given.values())
+    shared = sorted({c for c in codes if codes.count(c) > 1})
+    if not shared:
+        return []
+    first: dict[str, int] = {}
+    for label, code in given.items():  # each shared code stays with the first label that has it
+        if label in all_labels and code not in first.values():
+            first[label] = code
+    return [f"{path}: labels.numbers: codes {preflight.cut(str(shared))} are given to several labels; codes must "
+            f"differ, e.g. numbers: {preflight.cut(codes_text(label_codes(all_labels, first)))}"]
+
+
+def with_label_codes(config: TaskConfig, kind: tasks.TaskType) -> TaskConfig:
+    """The config with a code for every label in ``labels.numbers`` (:func:`label_codes`).
+
+    Task types with several values per slot (entities, events) are returned as they are: their number style
+    writes the type's index, not a label code.
+    """
+    if kind.multi_valued:
+        return config
+    labels = config.labels
+    codes = label_codes([*labels.values, labels.unmentioned or kind.placeholder], labels.numbers)
+    return config.model_copy(update={"labels": labels.model_copy(update={"numbers": codes})})
 
 
 def _name_problems(config: TaskConfig, kind: tasks.TaskType, path: Path) -> list[str]:
@@ -867,11 +943,22 @@ def _name_problems(config: TaskConfig, kind: tasks.TaskType, path: Path) -> list
 
 
 def _source_problems(config: TaskConfig, path: Path) -> list[str]:
-    """``hf:`` sources that name no dataset."""
-    sources = {split: getattr(config.data, split) or "" for split in SPLITS}
-    return [f"{path}: data.{split}: {preflight.shown(source)} names no dataset (allowed: hf:<dataset id> or "
-            "hf:<dataset id>:<split>, e.g. hf:org/name:train)" for split, source in sources.items()
-            if source.startswith("hf:") and not source[3:].partition(":")[0].strip()]
+    """What is wrong with the splits before any file is read (:mod:`sde_search.splits` says what a split may be).
+
+    Values that name no data (``hf:`` with no id, a required split turned off, a carve out of nothing), splits
+    that read the same file whole where that would leak, and an OOD split reusing an ID split with no OOD slots.
+    """
+    sources, found = splits.plan(_split_values(config), _data_root(config, path), config.data.seed)
+    problems = [f"{path}: data.{key}: {message}" for key, message in found]
+    problems.extend(_shared_sources(sources, path))
+    labels = config.labels
+    for split, source in sources.items():
+        if source.kind == "twin" and (not labels.ood_slots or labels.ood_slots == labels.slots):
+            why = "equal labels.slots" if labels.ood_slots else "are not set"
+            problems.append(f"{path}: data.{split}: {{from: {source.given}}} reads {source.given}'s records with "
+                            f"labels.ood_slots, but labels.ood_slots {why}, so it would repeat data.{source.given} "
+                            f"(allowed: set labels.ood_slots, or drop data.{split})")
+    return problems
 
 
 def model_info(config: TaskConfig, path: Path) -> tuple[preflight.ModelInfo | None, list[str]]:
@@ -922,71 +1009,121 @@ def _target_problems(target: str | list[str], config: TaskConfig, info: prefligh
 
 
 def _load_splits(config: TaskConfig, path: Path, kind: tasks.TaskType,
-                 problems: list[str]) -> dict[str, tuple[tasks.Record, ...]]:
-    root = resolve_path(path.parent / config.data.root)
-    sources = {s: getattr(config.data, s) for s in SPLITS}
-    problems.extend(_shared_sources(sources, path))
-    ood_differs = bool(config.labels.ood_slots) and config.labels.ood_slots != config.labels.slots
-    if sources["eval_ood"] is None and ood_differs:  # the same texts, scored on the OOD slots
-        sources["eval_ood"] = sources["eval_id"]
-    if sources["test_ood"] is None and sources["test_id"] and ood_differs:
-        sources["test_ood"] = sources["test_id"]
-    splits, read = {}, {}
+                 problems: list[str]) -> tuple[dict[str, tuple[tasks.Record, ...]], dict[str, str]]:
+    """Each split's records and where they came from (carves cut, OOD twins filled, ``data.max_*`` applied).
+
+    Every file is read (and checked) once, however many splits name it; the problems of the split values themselves
+    were reported by :func:`_source_problems`.
+    """
+    root = _data_root(config, path)
+    sources, _ = splits.plan(_split_values(config), root, config.data.seed)
+    files: dict[str, tuple[list[tasks.Record], list[dict[str, Any]]] | None] = {}
     for split, source in sources.items():
-        if source is None:
+        if source.location and source.location not in files:
+            files[source.location] = _read_split(source, root, config, kind, f"{path}: data.{split}", problems)
+    found: dict[str, list[tasks.Record]] = {}
+    origin: dict[str, tuple[int, dict[str, int]]] = {}  # split -> (records of its file, carves out of that file)
+    for location, read in files.items():
+        if read is None:
             continue
-        if source not in read:  # a defaulted split reuses its source (and its problems are reported once)
-            read[source] = _read_split(source, root, config, kind, split, f"{path}: data.{split}", problems)
-        records = read[source]
-        if records is None:
+        records, rows = read
+        carves = [s for s in sources.values() if s.kind == "carve" and s.location == location]
+        whole = [s.split for s in sources.values() if s.kind == "file" and s.location == location]
+        part = splits.partition(records, rows, carves, whole)
+        problems.extend(f"{path}: data.{key}: {message}" for key, message in part.problems)
+        if part.problems:
+            continue
+        taken = {split: len(picked) for split, picked in part.carved.items()}
+        for split in whole:
+            found[split], origin[split] = [records[i] for i in part.rest], (len(records), taken)
+        for split, picked in part.carved.items():
+            found[split], origin[split] = [records[i] for i in picked], (len(records), {})
+    out: dict[str, tuple[tasks.Record, ...]] = {}
+    described = {split: _off_text(config, split) for split in SPLITS if split not in sources}
+    for split, source in sources.items():
+        if source.kind == "twin" and source.given in found:  # read with labels.ood_slots, not a record's own list
+            found[split] = [replace(r, slots=None) for r in found[source.given]]
+            origin[split] = (0, {})
+        if split not in found:
             continue
         if split.endswith("_ood"):
-            problems.extend(_ood_problems(records, config, f"{path}: data.{split}", getattr(config.data, split)))
-        limit = config.data.max_train if split == "train" else (
-            config.data.max_eval if split.startswith("eval") else config.data.max_test)
-        splits[split] = tuple(_subsample(records, limit, config.data.seed))
-    return splits
+            problems.extend(_ood_problems(found[split], config, f"{path}: data.{split}", source))
+        key = "max_train" if split == "train" else "max_eval" if split.startswith("eval") else "max_test"
+        kept = _subsample(found[split], getattr(config.data, key), config.data.seed)
+        out[split] = tuple(kept)
+        total, taken = origin[split]
+        described[split] = splits.describe(source, len(found[split]), total, taken) + (
+            f"; {len(kept):,} sampled (data.{key}, seed {config.data.seed})" if len(kept) < len(found[split]) else "")
+    return out, {split: described[split] for split in SPLITS if split in described}
 
 
-def _ood_problems(records: Sequence[tasks.Record], config: TaskConfig, where: str, given: str | None) -> list[str]:
+def _split_values(config: TaskConfig) -> dict[str, splits.SplitValue | None]:
+    return {split: getattr(config.data, split) for split in SPLITS}
+
+
+def _data_root(config: TaskConfig, path: Path) -> Path:
+    """``data.root`` resolved: relative to the task file's folder; an absolute path or ``~`` taken as is."""
+    return resolve_path(path.parent / os.path.expanduser(config.data.root))
+
+
+def _off_text(config: TaskConfig, split: str) -> str:
+    """What ``--check`` says of a split that is not there: turned off, or left out (with how to add an OOD one)."""
+    if getattr(config.data, split) == splits.OFF or split in config.data.model_fields_set:
+        return "none (turned off in the task file)"
+    labels = config.labels
+    twin = splits.OOD_TWIN.get(split)
+    if twin and labels.ood_slots and labels.ood_slots != labels.slots and getattr(config.data, twin) is not None:
+        when = "during the search" if split == "eval_ood" else "in the final report"
+        return (f"none -- labels.ood_slots are not scored {when}; give a file of OOD records, or {{from: {twin}}} "
+                f"to read {twin}'s texts with them (where those texts are labelled for them)")
+    return "none"
+
+
+def _ood_problems(records: Sequence[tasks.Record], config: TaskConfig, where: str,
+                  source: splits.Source) -> list[str]:
     """A mismatched OOD schema: an OOD set that labels none of the OOD slots would be scored on nothing."""
     ood = config.labels.ood_slots or config.labels.slots
     seen = sorted({s for r in records for s in r.answer})
     if not records or set(ood) & set(seen):
         return []
-    origin = "" if given else " (it defaults to data.eval_id / data.test_id read with labels.ood_slots)"
+    origin = f" ({source.given}'s records read with labels.ood_slots)" if source.kind == "twin" else ""
     return [f"{where}: the OOD records{origin} label none of labels.ood_slots {preflight.cut(str(list(ood)))}; "
             f"they label {preflight.cut(str(seen)) if seen else 'nothing'} -- labels.ood_slots must name the OOD "
             "set's slots"]
 
 
-def _shared_sources(sources: Mapping[str, str | None], path: Path) -> list[str]:
-    """Splits that must not read the same file: train vs any other, eval vs test (selection would leak)."""
+def _shared_sources(sources: Mapping[str, splits.Source], path: Path) -> list[str]:
+    """Splits that must not read the same file whole: train vs any other, eval vs test (selection would leak).
+
+    A carve may name the file that another split reads: that split keeps only the records no carve took.
+    """
     pairs = [("train", s) for s in SPLITS[1:]] + [("eval_id", "test_id"), ("eval_ood", "test_ood")]
-    return [f"{path}: data.{b}: the same source as data.{a} ({preflight.cut(str(sources[a]))}); "
-            f"{'scores would be measured on training data' if a == 'train' else 'the test set must be unseen'}"
-            for a, b in pairs if sources[a] is not None and sources[a] == sources[b]]
+    same = [(a, b) for a, b in pairs if a in sources and b in sources and sources[a].kind == sources[b].kind == "file"
+            and splits.identity(sources[a].location) == splits.identity(sources[b].location)]
+    return [f"{path}: data.{b}: the same source as data.{a} ({preflight.cut(sources[a].given)}); "
+            f"{'scores would be measured on training data' if a == 'train' else 'the test set must be unseen'} "
+            f"(to hold records out of it, carve them: {b}: {{from: {a}, size: N}})" for a, b in same]
 
 
-def _read_split(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, split: str, where: str,
-                problems: list[str]) -> list[tasks.Record] | None:
-    """A split's records, checked against the labels; None (with the problem appended) when unreadable.
+def _read_split(source: splits.Source, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
+                problems: list[str]) -> tuple[list[tasks.Record], list[dict[str, Any]]] | None:
+    """A file's records, checked against the labels, and their raw rows; None (problem appended) when unreadable.
 
     A plugin task type's code that raises while reading (``from_json``), checking (``label_problems``) or building
     an answer (``gold``) becomes one problem naming the plugin module, the function and the data file.
     """
     try:
-        records = _load_records(source, root, config, kind, where, problems)
-        if records is not None:
+        read = _load_records(source, root, config, kind, where, problems)
+        if read is not None:
             with tasks.plugin_code(kind, "label_problems"):  # all records, not just the sample
-                _check_records(records, config, kind, split, f"{where} ({source})", problems)
+                _check_records(read[0], config, kind, source.split, f"{where} ({source.given})", problems)
             if tasks.is_plugin(kind):
-                _build_answers(records, config, kind, split)
+                _build_answers(read[0], config, kind, source.split)
     except tasks.PluginError as exc:
         row = f" row {exc.row}" if exc.row else ""
-        problems.append(f"{where}: {preflight.cut(_location(source, root))}{row}: {exc}")
+        problems.append(f"{where}: {preflight.cut(source.location)}{row}: {exc}")
         return None
-    return records
+    return read
 
 
 def _build_answers(records: Sequence[tasks.Record], config: TaskConfig, kind: tasks.TaskType, split: str) -> None:
@@ -997,48 +1134,55 @@ def _build_answers(records: Sequence[tasks.Record], config: TaskConfig, kind: ta
         unmentioned = labels.unmentioned or kind.placeholder
     for i, record in enumerate(records, 1):
         with tasks.plugin_code(kind, "gold", i):
-            kind.gold(record, slots, unmentioned)
+            kind.gold(record, record.slots or slots, unmentioned)
 
 
-def _location(source: str, root: Path) -> str:
-    """Where a split's records come from: an ``hf:`` id, or the file under ``data.root``."""
-    return source if source.startswith("hf:") else str(root / source)
-
-
-def _load_records(source: str, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
-                  problems: list[str]) -> list[tasks.Record] | None:
-    location = _location(source, root)
+def _load_records(source: splits.Source, root: Path, config: TaskConfig, kind: tasks.TaskType, where: str,
+                  problems: list[str]) -> tuple[list[tasks.Record], list[dict[str, Any]]] | None:
+    """A file's records and the raw rows they were built from (a carve's group key may be a field of the rows)."""
+    location = source.location
     try:
         rows = tasks.read_rows(location, columns=config.data.columns)
     except (ValueError, OSError, ImportError) as exc:  # UnicodeDecodeError is a ValueError
-        problems.append(f"{where}: {_read_problem(exc, source, location, root)}")
+        problems.append(f"{where}: {_read_problem(exc, source.given, location, root)}")
         return None
     bad: list[str] = []
+    skipped: set[int] = set()
     shown = preflight.cut(location)
-    records = tasks.records_from_rows(
-        rows, kind, lambda i, msg: bad.append(f"{where}: {shown} row {i}: {_clip(msg, 300)}"))
+
+    def bad_row(i: int, msg: str) -> None:
+        skipped.add(i)
+        bad.append(f"{where}: {shown} row {i}: {_clip(msg, 300)}")
+
+    records = tasks.records_from_rows(rows, kind, bad_row)
     problems.extend(bad[:5] + ([f"{where}: ... and {len(bad) - 5} more bad rows"] if len(bad) > 5 else []))
     if not rows:
         problems.append(f"{where}: {shown} holds no records (a .jsonl file needs one JSON object per line)")
-    return records
+    return records, [row for i, row in enumerate(rows, 1) if i not in skipped]
 
 
 def _read_problem(exc: Exception, source: str, location: str, root: Path) -> str:
     """One line saying why a data source could not be read (the file and folder named, each cut short)."""
-    shown, folder = preflight.cut(location), preflight.cut(str(root))
+    shown = preflight.cut(location)
     if source.startswith("hf:"):
         return (f"{shown} could not be loaded ({type(exc).__name__}: {_clip(_first_line(exc))}); "
                 "hf: sources need the datasets package and a cached or reachable dataset")
     if isinstance(exc, FileNotFoundError) and not os.path.islink(location):
-        return f"file not found: {shown} (paths are relative to data.root = {folder})"
+        return f"file not found: {shown} ({_path_rule(source, root)})"
     if isinstance(exc, IsADirectoryError):
         return f"{shown} is a folder; give a file (allowed: .jsonl, .json or .csv, or hf:<dataset id>)"
     if isinstance(exc, UnicodeDecodeError):
         return f"{shown} is {not_utf8(exc)}"
     if isinstance(exc, OSError):
-        return (f"{shown}: {file_problem(exc, location, 'a .jsonl, .json or .csv file')} "
-                f"(paths are relative to data.root = {folder})")
+        return f"{shown}: {file_problem(exc, location, 'a .jsonl, .json or .csv file')} ({_path_rule(source, root)})"
     return f"{shown}: {_clip(_first_line(exc), 300)}"
+
+
+def _path_rule(given: str, root: Path) -> str:
+    """How a split's path was resolved, for a message about a file that is not there."""
+    if os.path.isabs(os.path.expanduser(given)):
+        return "an absolute or ~ path is taken as is"
+    return f"relative paths resolve against data.root = {preflight.cut(str(root))}"
 
 
 def _subsample(records: list[tasks.Record], limit: int | None, seed: int) -> list[tasks.Record]:
@@ -1058,6 +1202,11 @@ def _check_records(records: Sequence[tasks.Record], config: TaskConfig, kind: ta
     if dup:
         problems.append(f"{where}: duplicate record ids {preflight.cut(str(dup[:5]))} (every record needs its own id)")
     bad = [(r.id, p) for r in records for p in kind.label_problems(r, all_slots, labels.values, unmentioned)]
+    pool = (labels.ood_slots or labels.slots) if split.endswith("_ood") else labels.slots
+    key = "labels.ood_slots" if split.endswith("_ood") and labels.ood_slots else "labels.slots"
+    bad += [(r.id, f"its slots {_clip(str(list(r.slots)), 100)} name {_clip(str(out), 100)}, not in {key} "
+                   f"(allowed: {preflight.cut(', '.join(pool))})")
+            for r in records if r.slots and (out := [s for s in r.slots if s not in pool])]
     for rid, p in bad[:5]:
         problems.append(f"{where}: record {preflight.cut(rid)}: {_clip(p, 400)}")  # a plugin's message, too
     if len(bad) > 5:
@@ -1229,8 +1378,8 @@ def check_compatible(task: Task, space: SpaceConfig, space_path: Path | str, *, 
                         f"from labels.slots (objective: {task.config.objective} in {task.path}); "
                         "drop 'none' or use objective: id")
     if task.config.objective != "id" and "eval_ood" not in task.splits:
-        problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set "
-                        f"(data.eval_ood or labels.ood_slots)")
+        problems.append(f"{task.path}: objective: {task.config.objective!r} needs an OOD set: data.eval_ood "
+                        "(a file, a carve, or {from: eval_id} to read eval_id with labels.ood_slots)")
     fewest, _ = report_range(task, space)
     if new_search and space.asha.enabled and space.asha.grace_period >= fewest:
         problems.append(f"{space_path}: asha.grace_period: {space.asha.grace_period} reports, but a trial makes only "
@@ -1253,7 +1402,7 @@ def check_design(task: Task, design: Design, source: str) -> None:
         source: Where the design came from, named in the messages (e.g. ``--design 'reasoning=cot'``).
 
     Raises:
-        ConfigError: When the data lacks what the design needs (codes for numeric labels, CoT rationales).
+        ConfigError: When the data lacks what the design needs (CoT rationales).
     """
     problems = _design_problems(task, {d: (getattr(design, d),) for d in DIMENSIONS}, f"{source}: ")
     if problems:
@@ -1262,12 +1411,9 @@ def check_design(task: Task, design: Design, source: str) -> None:
 
 def _design_problems(task: Task, choices: Mapping[str, Sequence[str]], prefix: str) -> list[str]:
     """What the data lacks for the designs in ``choices``; messages start with ``prefix`` + the dimension."""
-    problems = []
-    if "number" in choices["label_style"] and not task.kind.multi_valued and not task.config.labels.numbers:
-        problems.append(f"{prefix}label_style: 'number' needs labels.numbers in {task.path} "
-                        f"(e.g. {{positive: 1, neutral: 0, negative: -1, {task.unmentioned}: -2}})")
+    problems = []  # number labels need nothing: the loader gives every label a code
     if {"cot", "reverse_cot"} & set(choices["reasoning"]):
-        missing = [(r.id, [s for s in task.slots if not str(r.rationales.get(s) or "").strip()])
+        missing = [(r.id, [s for s in r.slots or task.slots if not str(r.rationales.get(s) or "").strip()])
                    for r in task.splits["train"]]
         missing = [(rid, slots) for rid, slots in missing if slots]
         if missing:

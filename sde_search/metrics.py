@@ -100,7 +100,7 @@ def _label(answer: Answer, slot: str, unmentioned: str) -> str:
 
 def aspect_scores(
     golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str], labels: Sequence[str], unmentioned: str,
-    weights: Sequence[Sequence[float]] | None = None,
+    weights: Sequence[Sequence[float]] | None = None, sample_slots: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Accuracy and pooled weighted kappa for aspect sentiment.
 
@@ -115,14 +115,18 @@ def aspect_scores(
         labels: The sentiment labels, without ``unmentioned``.
         unmentioned: The label of an aspect the text does not mention.
         weights: Agreement weights in the order ``list(labels) + [unmentioned]`` (rows = gold), or None.
+        sample_slots: Per sample, the slots it is scored on instead of ``slots`` (records that list their own
+            aspects); aligned with ``golds``.
 
     Returns:
         ``{"accuracy": correct pairs / (samples x slots), "kappa": weighted kappa}``; both NaN when nothing
         is scored.
     """
     _check_lengths(golds, preds)
+    per_sample = sample_slots if sample_slots is not None else [slots] * len(golds)
     pairs = [
-        (_label(g, s, unmentioned), _label(p, s, unmentioned)) for g, p in zip(golds, preds, strict=True) for s in slots
+        (_label(g, s, unmentioned), _label(p, s, unmentioned))
+        for g, p, own in zip(golds, preds, per_sample, strict=True) for s in own
     ]
     order = [*labels, unmentioned]
     accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else math.nan
@@ -207,6 +211,14 @@ def exact_match(golds: Sequence[Answer], preds: Sequence[Answer]) -> float:
     if not golds:
         return math.nan
     return sum(set(_spans(g)) == set(_spans(p)) for g, p in zip(golds, preds, strict=True)) / len(golds)
+
+
+def same_answer(answer: Answer, golds: Sequence[Answer]) -> list[Answer]:
+    """One answer given to every record, cut to the slots each record is scored on (its gold's keys).
+
+    A trivial answer must not be charged for slots a record did not ask for (records with their own slot list).
+    """
+    return [{s: v for s, v in answer.items() if s in g} for g in golds]
 
 
 def most_common_answer(train: Sequence[Answer], slots: Sequence[str], *, placeholder: tuple[str, ...]) -> Answer:

@@ -4,7 +4,9 @@ Also the codec (how a task writes slots and labels under a design), which :mod:`
 with; ``render.FORMATS`` pairs each renderer with its parser here. One leniency policy for every format
 (README "How generations are parsed"): a format's parser only cuts the text into pieces in its own syntax
 (``natural``: lines, then at the joiner before a unit; ``lines``: lines; ``json``: an object per line),
-rescuing a unit whose syntax is broken (``split_error`` and a repair). Keys, labels (anything not written
+rescuing a unit whose syntax is broken (``split_error`` and a repair). A value holding a separator is written
+as a JSON string (:func:`quoted`); no format cuts inside one, and the values of a unit are split once, in
+:func:`_read_values`, so a JSON list reads like the ``lines`` unit it would be. Keys, labels (anything not written
 exactly that still reads is a repair), ``trailing_text``, ``repeated_slot`` (single-valued: the first
 occurrence is kept; multi-valued: new values are added) and ``missing_slot`` are judged once, in
 :func:`parse`, so the same defect reads alike in every format.
@@ -14,9 +16,10 @@ Pure core: never imports torch, Ray or MLflow.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -31,6 +34,44 @@ ERROR_KINDS = ("empty", "split_error", "check_error", "label_error", "trailing_t
 _STRAY = "\"'`*.,;:!?"  # punctuation around a key or label that is read past (a repair)
 _SENTENCE_END = re.compile(r"[.!?]\s+")
 _UNIT_START = re.compile(r"[^,;:=<>]{1,60}:")
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"')  # one JSON string on one line
+_VALUE_SEPARATORS = re.compile(r'[,;"\n\r]|=>|<=')
+_REASON_SEPARATORS = re.compile(r'["\n\r]')
+
+
+def needs_quotes(text: str, *, reason: bool = False) -> bool:
+    """Whether a written value (or a rationale, ``reason=True``) must be a JSON string to be read back.
+
+    A value holding a comma (the value joiner), a semicolon (the unit joiner of multi-valued ``natural``),
+    ``=>`` or ``<=`` (the reasoning markers), a double quote or a line break would be cut by the parser. A
+    rationale may hold commas and the markers (the parser reads the values past them), but a double quote
+    could pair with a quoted value's and a line break ends the unit.
+    """
+    return bool((_REASON_SEPARATORS if reason else _VALUE_SEPARATORS).search(text))
+
+
+def quoted(text: str, *, reason: bool = False) -> str:
+    """The text as written in a ``natural`` / ``lines`` unit: a JSON string if it needs quotes, else as is."""
+    return json.dumps(text, ensure_ascii=False) if needs_quotes(text, reason=reason) else text
+
+
+def _unquoted(text: str) -> tuple[str, bool] | None:
+    """A whole JSON string (surrounding spaces allowed) -> (its value, it needed the quotes), else None."""
+    stripped = text.strip()
+    if not _QUOTED.fullmatch(stripped):
+        return None
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:  # an escape JSON does not know (``\q``): not a string of ours
+        return None
+    return value, needs_quotes(value)
+
+
+def _masked(text: str) -> str:
+    """The text with the inside of every JSON string blanked (same length), so separators there are not seen."""
+    if '"' not in text:
+        return text
+    return _QUOTED.sub(lambda m: '"' + "\0" * (len(m[0]) - 2) + '"', text)
 
 
 @dataclass(frozen=True)
@@ -153,10 +194,10 @@ class Codec:
         return label, label is not None
 
 
-def codec(task: Task, design: Design, *, ood: bool = False) -> Codec:
-    """Builds the codec for a task's ID or OOD slots under a design."""
+def codec(task: Task, design: Design, *, ood: bool = False, slots: Sequence[str] | None = None) -> Codec:
+    """Builds the codec for a task's ID or OOD slots under a design (or for one record's own ``slots``)."""
     labels_cfg = task.config.labels
-    slots = task.ood_slots if ood else task.slots
+    slots = tuple(slots) if slots else (task.ood_slots if ood else task.slots)
     multi = task.kind.multi_valued
     numbers = {k: str(v) for k, v in labels_cfg.numbers.items()}
     by_number = design.label_style == "number"
@@ -210,13 +251,13 @@ def _lines(text: str) -> list[str]:
 
 
 def _reasoning_values(rest: str, reasoning: str) -> tuple[str, bool]:
-    """A unit's text after the key -> (values text, reasoning separator found)."""
+    """A unit's text after the key -> (values text, reasoning separator found); markers inside quotes are text."""
     if reasoning == "cot":
-        _, found, values = rest.rpartition(COT.strip())
-        return (values if found else rest), bool(found)
+        at = _masked(rest).rfind(COT.strip())
+        return (rest[at + len(COT.strip()):], True) if at >= 0 else (rest, False)
     if reasoning == "reverse_cot":
-        values, found, _ = rest.partition(REVERSE.strip())
-        return values, bool(found)
+        at = _masked(rest).find(REVERSE.strip())
+        return (rest[:at], True) if at >= 0 else (rest, False)
     return rest, True
 
 
@@ -266,12 +307,15 @@ def parse_natural(text: str, design: Design, c: Codec) -> list[Piece]:
     """Units on a line, split at the joiner only where a unit starts, so commas inside rationales survive.
 
     The closing period is optional; a line break also ends a unit (the lines after the answer are chatter
-    unless they hold units).
+    unless they hold units). A joiner inside a quoted value is text.
     """
-    joiner = natural_joiner(c).strip()
+    joiner = re.compile(rf"{re.escape(natural_joiner(c).strip())}\s+")
     pieces = []
     for line in _lines(text):
-        parts = re.split(rf"({re.escape(joiner)}\s+)", line.removesuffix("."))
+        line = line.removesuffix(".")
+        cuts = [(m.start(), m.end()) for m in joiner.finditer(_masked(line))]
+        bounds = [0, *(i for cut in cuts for i in cut), len(line)]
+        parts = [line[a:b] for a, b in itertools.pairwise(bounds)]  # unit, joiner, unit, ...
         units = [parts[0]]
         for sep, part in zip(parts[1::2], parts[2::2], strict=True):
             if _UNIT_START.match(part) or _rescue(part, design, c):
@@ -292,19 +336,25 @@ _DECODER = json.JSONDecoder()
 
 
 def _field_value(raw: str) -> Any:
-    """A field matched by :data:`_JSON_FIELD`; a list broken inside (``["a", "b]``) keeps its text."""
+    """A field matched by :data:`_JSON_FIELD`; a list broken inside (``["a", "b]``) keeps its items' text."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw.strip("[]").replace('"', "")
+        if raw.startswith("["):
+            return [v.strip().replace('"', "") for v in raw.strip("[]").split(",") if v.strip()]
+        return raw.replace('"', "")
 
 
-def _json_text(value: Any) -> str:
-    """A JSON field as the text a ``lines`` unit would hold (lists joined by ``, ``)."""
+def _json_text(value: Any, *, quote: bool = True) -> str:
+    """A JSON field as the text a ``lines`` unit would hold; a key (``quote=False``) as it is.
+
+    List items are joined by ``, ``, and a string holding a separator is quoted as it would be there, so
+    ``["Portsmouth , UK"]`` stays one value when :func:`_read_values` splits the text.
+    """
     if isinstance(value, list):
         return ", ".join(_json_text(v) for v in value)
     if isinstance(value, str):
-        return value
+        return quoted(value) if quote else value
     return "" if value is None else json.dumps(value)
 
 
@@ -321,12 +371,12 @@ def parse_json(text: str, design: Design, c: Codec) -> list[Piece]:
             after = line[end:].strip()
             trailing = bool(after.strip(_STRAY).strip())
             no_rationale = design.reasoning != "none" and "rationale" not in obj
-            pieces.append(Piece(_json_text(obj[slot_field]), _json_text(obj[value_field]), no_rationale,
-                                trailing, bool(after) and not trailing))
+            pieces.append(Piece(_json_text(obj[slot_field], quote=False), _json_text(obj[value_field]),
+                                no_rationale, trailing, bool(after) and not trailing))
             continue
         found = [re.search(_JSON_FIELD.format(re.escape(f)), line) for f in (slot_field, value_field)]
         if found[0] and found[1]:
-            key, value = (_json_text(_field_value(m.group(1))) for m in found if m)
+            key, value = (_json_text(_field_value(m.group(1)), quote=i == 1) for i, m in enumerate(found) if m)
             pieces.append(Piece(key, value, broken=True))
         else:
             pieces.append(Piece(None, line))
@@ -340,29 +390,49 @@ PARSERS: dict[str, Parser] = {"natural": parse_natural, "lines": parse_lines, "j
 # ---------------------------------------------------------------- the policy
 
 
+def _items(raw: str) -> list[str]:
+    """Written values cut at commas outside quotes, stripped, blanks dropped."""
+    if '"' not in raw:
+        return [item for v in raw.split(",") if (item := v.strip())]
+    bounds = [0, *(i for m in re.finditer(",", _masked(raw)) for i in (m.start(), m.end())), len(raw)]
+    return [item for a, b in zip(bounds[::2], bounds[1::2], strict=True) if (item := raw[a:b].strip())]
+
+
 def _read_values(raw: str, c: Codec) -> tuple[tuple[str, ...], list[str], bool, bool]:
-    """Written values -> (values, error kinds, repaired, trailing text)."""
+    """Written values -> (values, error kinds, repaired, trailing text).
+
+    A value written as a JSON string is read as its content; quotes around a value that needs none are a repair.
+    """
     if c.multi:
-        items = [v.strip() for v in raw.split(",") if v.strip()]
+        items = _items(raw)
         if len(items) == 1 and _bare(items[0]) == c.unmentioned.lower():
             return (), [], items[0] != c.unmentioned, False
-        return tuple(items), [], False, False
-    label, fixed, trailing = c.read_label(raw)
+        values, repaired = [], False
+        for item in items:
+            string = _unquoted(item)
+            values.append(item if string is None else string[0])
+            repaired |= string is not None and not string[1]
+        return tuple(values), [], repaired, False
+    string = _unquoted(raw)
+    label, fixed, trailing = c.read_label(raw if string is None else string[0])
     if label is None:
         return (c.unmentioned,), ["label_error"], False, False
-    return (label,), [], fixed, trailing
+    return (label,), [], fixed or (string is not None and not string[1]), trailing
 
 
-def parse(text: str, design: Design, task: Task, *, ood: bool = False) -> Parsed:
+def parse(text: str, design: Design, task: Task, *, ood: bool = False, slots: Sequence[str] | None = None) -> Parsed:
     """Parses a generation back into an answer on every slot (empty slots filled), one policy for all formats.
 
     Failed parses still return what could be read (the paper scores them). Error kinds, in reading order:
     ``split_error`` (a unit breaking the format's syntax, rescued or not), ``check_error`` (unknown key),
     ``label_error`` (unknown label, read as unmentioned), ``trailing_text``, ``repeated_slot``, then
     ``missing_slot`` (under ``placeholder`` every slot is owed); ``empty`` alone for a blank generation.
-    A bare ``none`` (any case, optional period) is every slot empty.
+    A bare ``none`` (any case, optional period) is every slot empty. ``slots``: the record's own slot list
+    (``Record.slots``), when it has one; a unit for another slot of the split is a ``check_error`` whose value
+    is still kept in the answer (under that slot), so that scoring can count it as a wrong answer.
     """
-    c = codec(task, design, ood=ood)
+    c = codec(task, design, ood=ood, slots=slots)
+    pool = codec(task, design, ood=ood) if slots else None  # the split's slots, which the record did not all ask for
     answer = dict.fromkeys(c.slots, c.empty)
     stripped = text.strip()
     if not stripped:
@@ -384,6 +454,9 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False) -> Parsed
         repaired |= p.broken or p.fixed or key_fixed
         if slot is None:
             errors.append("check_error")
+            extra = pool.read_key(p.key)[0] if pool else None
+            if extra is not None and extra not in answer:  # kept, so that scoring charges a rating nobody asked for
+                answer[extra] = _read_values(p.values, pool)[0]
             continue
         values, kinds, fixed, trailing = _read_values(p.values, c)
         repaired |= fixed

@@ -5,8 +5,10 @@ two are written side by side and round-trip tested. A target is a sequence of
 *units*, one per slot: ``slot: values`` with an optional rationale
 (``slot: rationale => values`` for CoT, ``slot: values <= rationale`` for
 reverse CoT). ``natural`` joins units on one line, ``lines`` puts one per line,
-``json`` writes one JSON object per unit per line. ``parse``, ``Parsed``,
-``codec`` and ``NOTHING`` are re-exported from :mod:`sde_search.parse`.
+``json`` writes one JSON object per unit per line. In ``natural`` and ``lines`` a value holding a separator
+(``,``, ``;``, ``=>``, ``<=``, a double quote, a line break) is written as a JSON string, ``"Portsmouth ,
+United Kingdom"``, and the instruction says so when the task's data holds one; ``json`` needs no rule.
+``parse``, ``Parsed``, ``codec`` and ``NOTHING`` are re-exported from :mod:`sde_search.parse`.
 
 Pure core: never imports torch, Ray or MLflow.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +34,12 @@ from sde_search.parse import (
     codec,
     json_fields,
     natural_joiner,
+    needs_quotes,
     parse,
     parse_json,
     parse_lines,
     parse_natural,
+    quoted,
 )
 from sde_search.tasks import Record
 
@@ -78,10 +83,12 @@ def to_units(record: Record, task: Task, design: Design, c: Codec) -> list[Unit]
 
 
 def _unit_text(u: Unit, reasoning: str) -> str:
-    values = ", ".join(u.values)
+    """``key: values`` with the rationale; a value or rationale holding a separator is a JSON string."""
+    values = ", ".join(quoted(v) for v in u.values)
     if u.rationale is None:
         return f"{u.key}: {values}"
-    return f"{u.key}: {u.rationale}{COT}{values}" if reasoning == "cot" else f"{u.key}: {values}{REVERSE}{u.rationale}"
+    why = quoted(str(u.rationale), reason=True)  # a rationale is data: a number there is written as before
+    return f"{u.key}: {why}{COT}{values}" if reasoning == "cot" else f"{u.key}: {values}{REVERSE}{why}"
 
 
 # ---------------------------------------------------------------- formats
@@ -140,8 +147,47 @@ FORMATS: dict[str, Format] = {
 # ---------------------------------------------------------------- prompts
 
 
-def format_spec(design: Design, c: Codec) -> str:
-    """The design-derived output description embedded in the instruction."""
+@dataclass(frozen=True)
+class Quoting:
+    """What a task's data holds that ``natural`` and ``lines`` write as a JSON string (see :func:`quoting`)."""
+
+    values: bool = False
+    reasons: bool = False
+
+
+_QUOTING: dict[int, tuple[weakref.ref[Task], Quoting]] = {}
+
+
+def quoting(task: Task) -> Quoting:
+    """Whether any record of any split holds a value or a rationale that must be quoted (cached per task).
+
+    Every split is read, so that training and test prompts state the same rule; a task whose data holds no
+    such value keeps its instruction as it was.
+    """
+    hit = _QUOTING.get(id(task))
+    if hit is not None and hit[0]() is task:
+        return hit[1]
+    records = [r for split in task.splits.values() for r in split]
+    found = Quoting(
+        values=any(needs_quotes(v) for r in records for values in r.answer.values() for v in values),
+        reasons=any(needs_quotes(str(t), reason=True) for r in records for t in r.rationales.values()))
+    key = id(task)
+    _QUOTING[key] = (weakref.ref(task, lambda _: _QUOTING.pop(key, None)), found)
+    return found
+
+
+def _quote_rule(design: Design, c: Codec, q: Quoting) -> str:
+    """The sentence stating the quoting rule, when the design's format and the task's data need it."""
+    reasons = q.reasons and design.reasoning != "none"
+    if design.output_format == "json" or not (q.values or reasons):
+        return ""
+    what = [f'any {c.value_noun} that holds a comma, ";", "=>", "<=" or a double quote'] if q.values else []
+    what += ["any reason that holds a double quote"] if reasons else []
+    return f' Write {", and ".join(what)}, as a JSON string ("...", with \\" for a quote).'
+
+
+def format_spec(design: Design, c: Codec, q: Quoting = Quoting()) -> str:
+    """The design-derived output description embedded in the instruction (with the quoting rule ``q`` needs)."""
     s, v = c.slot_noun, c.value_noun
     vals = f"{v}, {v}" if c.multi else v
     unit = {"none": f"{s}: {vals}", "cot": f"{s}: reason => {vals}", "reverse_cot": f"{s}: {vals} <= reason"}
@@ -155,7 +201,7 @@ def format_spec(design: Design, c: Codec) -> str:
     empty = "[]" if c.multi and design.output_format == "json" else c.value_code(c.unmentioned)
     missing = (f"Write {empty} for any {s} that has no {v}." if design.unmentioned == "placeholder"
                else f"Skip {s}s with no {v}; write {NOTHING} if there is nothing.")
-    return f"{layout} {missing}"
+    return f"{layout} {missing}{_quote_rule(design, c, q)}"
 
 
 def _json_field_order(design: Design, c: Codec) -> list[str]:
@@ -175,7 +221,7 @@ def instruction_text(task: Task, design: Design, c: Codec, template: str | None 
         labels = ", ".join(f"{label}={c.value_code(label)}" for label in c.labels)
     else:
         labels = ", ".join(c.labels)
-    return template.format(slots=slots, labels=labels, format=format_spec(design, c)).strip()
+    return template.format(slots=slots, labels=labels, format=format_spec(design, c, quoting(task))).strip()
 
 
 def build_prompt(text: str, instruction: str, design: Design, task: Task) -> str:
@@ -201,7 +247,7 @@ def render(record: Record, design: Design, task: Task, *, ood: bool = False, ins
     Returns:
         The prompt and the target.
     """
-    c = codec(task, design, ood=ood)
+    c = codec(task, design, ood=ood, slots=record.slots)
     units = to_units(record, task, design, c)
     target = FORMATS[design.output_format].render(units, design, c) if units else NOTHING
     prompt = build_prompt(record.text, instruction_text(task, design, c, instruction), design, task)

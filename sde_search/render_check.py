@@ -1,9 +1,11 @@
 """``--check``'s rehearsal of the renders: every design of the space reads back, and samples fit the model.
 
-A design whose targets do not parse back to the gold answer (a slot or label name holding the format's own
-separators) would be scored on what the parser guesses; a sample longer than a model with a learned position
-table fails in training. Both are found here, before a search starts, by rendering records under the space's
-designs. Also the notes ``--check`` prints: settings that are allowed but worth knowing.
+A record whose target does not parse back to its gold answer is scored on what the parser guesses, so a
+perfect answer may fail; a sample longer than a model with a learned position table fails in training. Both
+are found here, before a search starts: every record of every split is rendered under every target layout of
+the space's designs and read back (:func:`round_trip`). A design under which no record of a split reads back
+cannot represent the data (a slot name holding the format's own separators): a problem. Fewer failures are
+counted and shown. Also the notes ``--check`` prints: settings that are allowed but worth knowing.
 
 Pure core: never imports torch, Ray or MLflow.
 """
@@ -12,15 +14,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sde_search import preflight
 from sde_search.config import SpaceConfig, Task, model_info
 from sde_search.design import DIMENSIONS, Design
-from sde_search.render import Sample, parse, render
-from sde_search.tasks import Record
+from sde_search.render import Parsed, Sample, parse, render
 
-ROUND_TRIP_RECORDS = 8
-"""Records read back per design and split: the first, then ones bringing a (slot, value) not seen yet."""
+LAYOUT = ("output_format", "unmentioned", "label_style", "reasoning")
+"""The dimensions a target depends on; the others (instruction, prompt loss, template) change only the prompt,
+so the round trip reads each record once per layout, not once per design."""
 
 
 def space_designs(space: SpaceConfig, extra: Sequence[Design] = ()) -> list[Design]:
@@ -30,10 +33,17 @@ def space_designs(space: SpaceConfig, extra: Sequence[Design] = ()) -> list[Desi
     return list(dict.fromkeys([*designs, *extra]))
 
 
-def problems(task: Task, space: SpaceConfig, extra: Sequence[Design] = ()) -> list[str]:
-    """Designs whose renders do not read back, and samples a model with learned positions could not train on."""
+def problems(task: Task, space: SpaceConfig, extra: Sequence[Design] = (), trip: RoundTrip | None = None) -> list[str]:
+    """Designs that cannot represent the data, and samples a model with learned positions could not train on.
+
+    Args:
+        task: The loaded task.
+        space: Its search space.
+        extra: Designs checked beside the space's (baselines, ``--design``).
+        trip: The round trip of those designs, when already run (else it is run here).
+    """
     designs = space_designs(space, extra)
-    found = round_trip_problems(task, designs)
+    found = round_trip_problems(task, trip or round_trip(task, designs))
     found.extend(length_findings(task, designs)[0])
     return found
 
@@ -57,45 +67,112 @@ def notes(task: Task, space: SpaceConfig) -> list[str]:
     return out
 
 
-def _covering(records: Sequence[Record], limit: int) -> list[Record]:
-    """The first record, then records that bring a (slot, value) pair not seen yet, at most ``limit``."""
-    seen: set[tuple[str, str]] = set()
-    chosen = []
-    for record in records:
-        pairs = {(slot, value) for slot, values in record.answer.items() for value in values[:1]}
-        if not chosen or pairs - seen:
-            chosen.append(record)
-            seen |= pairs
-        if len(chosen) >= limit:
-            break
-    return chosen
+@dataclass(frozen=True)
+class SplitTrip:
+    """The round trip of one split: each record under each design checked.
+
+    Attributes:
+        split: The split's name.
+        records: Its record count.
+        failed: Records that do not read back under at least one design.
+        pairs: (record, design) pairs that do not read back.
+        designs: Designs under which at least one record does not read back.
+        hopeless: Designs under which no record reads back (only when the split has records).
+        example: The first failure, described; ``""`` when none.
+        hopeless_example: The first failure under the first of ``hopeless``; ``""`` when none.
+    """
+
+    split: str
+    records: int
+    failed: int
+    pairs: int
+    designs: tuple[Design, ...]
+    hopeless: tuple[Design, ...]
+    example: str
+    hopeless_example: str = ""
 
 
-def round_trip_problems(task: Task, designs: Sequence[Design]) -> list[str]:
-    """Designs under which a record's target does not parse back to its gold answer (one line in all)."""
-    splits = [("train", False)] + ([("eval_ood", True)] if task.ood_slots != task.slots and "eval_ood" in task.splits
-                                   else [])
-    failed: list[tuple[Design, Record, Sample, str]] = []
-    for split, ood in splits:
-        records = _covering(task.splits[split], ROUND_TRIP_RECORDS)
-        for design in designs:
-            for record in records:
+@dataclass(frozen=True)
+class RoundTrip:
+    """Every split's round trip under the same designs."""
+
+    designs: int
+    splits: tuple[SplitTrip, ...]
+
+
+def layout(design: Design) -> Design:
+    """The design with only its :data:`LAYOUT` dimensions kept (the rest at their defaults)."""
+    return Design(**{d: getattr(design, d) for d in LAYOUT})
+
+
+def round_trip(task: Task, designs: Sequence[Design]) -> RoundTrip:
+    """Renders every record of every split under each target layout of ``designs`` and parses it back.
+
+    A record fails under a design when its target parses with an error or to another answer than its gold.
+    Each layout is rendered through its first design (``render`` stays the one truth), and a target met
+    again (an answer shared by several records) is not parsed twice.
+    """
+    by_layout: dict[Design, list[Design]] = {}
+    for design in designs:
+        by_layout.setdefault(layout(design), []).append(design)
+    splits = []
+    for split, records in task.splits.items():
+        ood = split.endswith("_ood")
+        failed: set[int] = set()
+        pairs, failing, hopeless, example, hopeless_example = 0, [], [], "", ""
+        for members in by_layout.values():
+            design, rows, first = members[0], [], ""
+            parsed_of: dict[tuple[str, tuple[str, ...] | None], Parsed] = {}
+            for i, record in enumerate(records):
                 sample = render(record, design, task, ood=ood)
-                parsed = parse(sample.target, design, task, ood=ood)
-                gold = task.gold(record, split)
-                if parsed.errors or parsed.answer != gold:
-                    how = f"with errors {list(parsed.errors)}" if parsed.errors else \
-                        f"as {preflight.shown(dict(parsed.answer))}"
-                    failed.append((design, record, sample, how))
-                    break
-    if not failed:
+                key = (sample.target, record.slots)
+                if key not in parsed_of:
+                    parsed_of[key] = parse(sample.target, design, task, ood=ood, slots=record.slots)
+                parsed = parsed_of[key]
+                if parsed.errors or parsed.answer != task.gold(record, split):
+                    rows.append(i)
+                    first = first or _failure(design, record.id, sample, parsed)
+            failed.update(rows)
+            pairs += len(rows) * len(members)
+            failing += members if rows else []
+            example = example or first
+            if rows and len(rows) == len(records):
+                hopeless += members
+                hopeless_example = hopeless_example or first
+        splits.append(SplitTrip(split, len(records), len(failed), pairs, tuple(failing), tuple(hopeless), example,
+                                hopeless_example))
+    return RoundTrip(len(designs), tuple(splits))
+
+
+def _failure(design: Design, record_id: str, sample: Sample, parsed: Parsed) -> str:
+    how = f"with errors {list(parsed.errors)}" if parsed.errors else f"as {preflight.shown(dict(parsed.answer))}"
+    return (f"{design.short()}: record {preflight.cut(record_id)}'s target {preflight.shown(sample.target)} "
+            f"parses back {how}")
+
+
+def round_trip_problems(task: Task, trip: RoundTrip) -> list[str]:
+    """One line when a design cannot represent the data: no record of a split reads back under it."""
+    hopeless = [(s, d) for s in trip.splits for d in s.hopeless]
+    if not hopeless:
         return []
-    design, record, sample, how = failed[0]
-    count = len({d for d, *_ in failed})
-    return [f"{task.path}: round trip FAILED under {count} of {len(designs)} designs, e.g. {design.short()}: record "
-            f"{preflight.cut(record.id)}'s target {preflight.shown(sample.target)} parses back {how}; a slot or "
-            "label name holding the format's separators (', ', '; ', ': ', a line break) cannot be read back "
-            "-- rename it"]
+    split = hopeless[0][0]
+    count = len({d for _, d in hopeless})
+    return [f"{task.path}: round trip FAILED under {count} of {trip.designs} designs, e.g. {split.hopeless_example}, "
+            f"and no other {split.split} record reads back under that design either: it cannot represent the data "
+            "(a slot name holding the format's separators, ', ' in natural or '; ' for entities/events, cannot be "
+            "read back -- rename it)"]
+
+
+def round_trip_lines(trip: RoundTrip) -> list[str]:
+    """What ``--check`` prints: per split, how many records do not read back, with an example."""
+    lines = []
+    for s in trip.splits:
+        line = f"round trip: {s.failed} of {s.records} {s.split} records fail under the {trip.designs} designs checked"
+        if s.failed:
+            line += (f" ({s.pairs} record x design pairs, under {len(s.designs)} designs; such a record is scored "
+                     f"on what the parser reads), e.g. {s.example}")
+        lines.append(line)
+    return lines
 
 
 def length_findings(task: Task, designs: Sequence[Design]) -> tuple[list[str], list[str]]:

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sde_search import analysis, plots, seeds, tracking, verdicts
+from sde_search import analysis, generations, metrics, plots, seeds, tracking, verdicts
 from sde_search.analysis import TrialRow
 from sde_search.config import OBJECTIVE_METRIC, SpaceConfig, Task
 from sde_search.design import Design
-from sde_search.render import parse, render
+from sde_search.render import render
 from sde_search.sampler import optuna_space
 
 if TYPE_CHECKING:
@@ -119,14 +119,8 @@ def final_stage(task: Task, space: SpaceConfig, rows: Sequence[TrialRow], best: 
 
 
 def save_outputs(path: Path, task: Task, design: Design, split: str, texts: Sequence[str]) -> None:
-    """One JSON line per record: id, gold, generation, parsed answer and format errors."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ood = split.endswith("_ood")
-    with open(path, "w", encoding="utf-8") as f:
-        for record, text in zip(task.splits[split], texts, strict=False):
-            p = parse(text, design, task, ood=ood)
-            f.write(json.dumps({"id": record.id, "gold": task.gold(record, split), "output": text,
-                                "parsed": p.answer, "errors": list(p.errors)}) + "\n")
+    """One JSON line per record (:mod:`sde_search.generations`): id, gold, prompt, target, output, parse, errors."""
+    generations.write(path, task, design, split, texts)
 
 
 def save_stage_outputs(folder: Path, task: Task, verdict: Mapping[str, Any], cands: Sequence[seeds.Candidate],
@@ -140,10 +134,8 @@ def save_stage_outputs(folder: Path, task: Task, verdict: Mapping[str, Any], can
         run = next((results[j.path] for j in jobs if j.design == cand.design and j.path in results), None)
         for role in roles if run else ():
             for split, data in run["splits"].items():
-                folder.mkdir(parents=True, exist_ok=True)
-                lines = [json.dumps({"gold": task.gold(record, split), **r}) for record, r in
-                         zip(task.splits[split], data["records"], strict=True)]
-                (folder / f"{role}.{split}.jsonl").write_text("\n".join(lines) + "\n")
+                generations.write(folder / f"{role}.{split}.jsonl", task, cand.design, split,
+                                  [r["output"] for r in data["records"]])
 
 
 def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
@@ -181,7 +173,7 @@ def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> verdicts.Inte
         return None
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     golds, preds = seeds.answers(records, "gold"), seeds.answers(records)
-    fixed = [task.fixed_answer(split)] * len(golds)
+    fixed = metrics.same_answer(task.fixed_answer(split), golds)
     return verdicts.gain(lambda g, p: task.score(g, p, split), golds, [preds], [fixed])["score"]
 
 

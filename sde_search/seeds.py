@@ -120,7 +120,7 @@ def run_job(task: Task, job: Job, threads: int) -> dict[str, Any]:
             ood = split.endswith("_ood")
             records = []
             for record, text in zip(task.splits[split], generations, strict=True):
-                p = parse(text, job.design, task, ood=ood)
+                p = parse(text, job.design, task, ood=ood, slots=record.slots)
                 records.append({"id": record.id, "output": text, "parsed": {k: list(v) for k, v in p.answer.items()},
                                 "errors": list(p.errors)})
             out["splits"][split] = {"metrics": scores[split], "records": records}

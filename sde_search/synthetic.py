@@ -1,9 +1,22 @@
 """Seeded generator of synthetic datasets for the three task families (MASA, nested NER, events).
 
 Every word comes from this module's own templates and word lists; no external text is read or
-copied. Records carry one short rationale per slot for chain-of-thought designs. Rationales, entity
-spans and triggers never contain ``, ; : "`` or newlines, nor ``=>`` or ``<=``, so every output
-format can embed them. Output is deterministic: the same seed gives byte-identical JSONL files.
+copied.
+
+MASA aspects are a place and a thing ("patio music"). Each record lists its own aspects (2-3 of the
+pool of 30, in a random order), and the review names the aspects it rates, some listed, sometimes one
+unlisted. The instruction therefore carries information: which aspects to answer, in which order. The
+OOD pool holds 6 held-out pairs: never listed, labelled or named in training, yet every word in them
+was read and written there. A model trained from scratch has no pretraining that taught it a new
+domain's words (which is how a pretrained model transfers to a new aspect list), so the OOD names reuse
+known words: a model that learned to copy a listed name and to read the polarity next to it in the text
+transfers; one that memorised the 30 names cannot. With 8 ID aspects instead of 30, the tiny model
+memorised them: its OOD kappa stayed near 0 (0.02 and 0.06 for two designs after 24 epochs, one seed
+each); with 30, 0.26 and 0.16.
+
+Records carry one short rationale per slot for chain-of-thought designs. Rationales, entity spans and
+triggers never contain ``, ; : "`` or newlines, nor ``=>`` or ``<=``, so every output format can embed
+them. Output is deterministic: the same seed gives byte-identical JSONL files.
 
 Pure core: stdlib only, never imports torch, Ray or MLflow.
 
@@ -23,41 +36,24 @@ from typing import Any
 Record = dict[str, Any]
 Mention = tuple[str, list[tuple[int, int, str]]]  # text, (start, end, type) relative to the text
 
-MASA_ID_ASPECTS = ("food", "drinks", "price", "staff")
-MASA_OOD_ASPECTS = ("parking", "noise", "decor", "location")
+PLACES_IN = ("bar", "patio", "lounge", "terrace", "garden", "rooftop")
+THINGS = ("food", "drinks", "music", "seating", "service", "view")
+MASA_OOD_ASPECTS = tuple(f"{PLACES_IN[i % len(PLACES_IN)]} {thing}" for i, thing in enumerate(THINGS))
+"""Six held-out pairs: every place and every thing also occurs in ID aspects, never these pairs."""
+MASA_ID_ASPECTS = tuple(a for a in (f"{p} {t}" for p in PLACES_IN for t in THINGS) if a not in MASA_OOD_ASPECTS)
 MASA_LABELS = ("positive", "negative", "neutral", "unmentioned")
 ENTITY_TYPES = ("person", "organization", "location")
 EVENT_TYPES = ("attack", "travel", "meeting", "payment")
 
-ASPECT_NOUNS = {
-    "food": ("pasta", "steak", "soup", "dessert", "risotto", "fish", "bread", "curry"),
-    "drinks": ("wine", "coffee", "cocktail", "lemonade", "beer", "tea"),
-    "price": ("bill", "price", "check", "cost of the meal", "lunch deal"),
-    "staff": ("waiter", "service", "hostess", "bartender", "manager", "waitress"),
-    "parking": ("parking", "parking lot", "garage", "street parking"),
-    "noise": ("noise level", "music volume", "dining room noise", "background music"),
-    "decor": ("decor", "interior", "lighting", "furniture", "wallpaper"),
-    "location": ("location", "neighborhood", "spot by the river", "area around it"),
+POSITIVE_WORDS = ("great", "excellent", "lovely", "superb", "wonderful", "good")
+NEGATIVE_WORDS = ("terrible", "awful", "poor", "bad", "dreadful", "disappointing")
+NEUTRAL_WORDS = ("okay", "average", "fine", "unremarkable", "standard", "so-so")
+INTENSIFIERS = ("really", "very", "truly", "quite", "so")
+FRAMES = {  # polarity: clause frames; {n} is the aspect's own name, so the text names every aspect it rates
+    "positive": ("the {n} was {a}", "the {n} was {i} {a}", "I loved the {n}", "we enjoyed the {n}"),
+    "negative": ("the {n} was {b}", "the {n} was {i} {b}", "I disliked the {n}", "we hated the {n}"),
+    "neutral": ("the {n} was {m}", "the {n} seemed {m}", "the {n} was {m} overall"),
 }
-ASPECT_ADJECTIVES = {  # aspect: (positive words, negative words)
-    "food": (("delicious", "tasty", "superb", "fresh"), ("bland", "cold", "greasy", "stale")),
-    "drinks": (("refreshing", "strong", "lovely", "smooth"), ("watery", "warm", "sour", "flat")),
-    "price": (("cheap", "fair", "reasonable", "affordable"), ("steep", "overpriced", "excessive", "outrageous")),
-    "staff": (("friendly", "helpful", "attentive", "kind"), ("rude", "slow", "careless", "grumpy")),
-    "parking": (("easy", "free", "roomy", "convenient"), ("impossible", "tiny", "costly", "cramped")),
-    "noise": (("calm", "quiet", "pleasant", "soft"), ("deafening", "loud", "harsh", "unbearable")),
-    "decor": (("charming", "stylish", "cozy", "elegant"), ("tacky", "shabby", "dated", "gloomy")),
-    "location": (("convenient", "scenic", "central", "handy"), ("remote", "sketchy", "isolated", "dull")),
-}
-GENERIC_POSITIVE = ("great", "excellent", "wonderful", "fantastic")
-GENERIC_NEGATIVE = ("terrible", "awful", "poor", "disappointing")
-NEUTRAL_WORDS = ("okay", "average", "fine", "unremarkable", "standard", "neither good nor bad", "so-so")
-INTENSIFIERS = ("really", "very", "truly", "quite", "extremely", "so")
-POSITIVE_FRAMES = ("the {n} was {a}", "the {n} was {i} {a}", "the {n} was not bad at all",
-                   "the {n} was anything but {b}", "I loved the {n}", "we were impressed by the {n}")
-NEGATIVE_FRAMES = ("the {n} was {b}", "the {n} was {i} {b}", "the {n} was not great",
-                   "the {n} was far from {a}", "I disliked the {n}", "we were let down by the {n}")
-NEUTRAL_FRAMES = ("the {n} was {m}", "the {n} seemed {m}", "the {n} was {m} overall")
 OPENERS = {  # polarity: words that may open a clause
     "positive": ("", "", "", "honestly ", "overall ", "I think ", "luckily ", "happily "),
     "negative": ("", "", "", "honestly ", "overall ", "I think ", "sadly ", "frankly "),
@@ -108,45 +104,44 @@ def _capitalize(text: str) -> str:
 
 
 def _masa_clause(rng: random.Random, aspect: str, polarity: str) -> str:
-    """Return one clause stating ``polarity`` about ``aspect`` (without punctuation)."""
-    pos, neg = ASPECT_ADJECTIVES[aspect]
-    frames = {"positive": POSITIVE_FRAMES, "negative": NEGATIVE_FRAMES, "neutral": NEUTRAL_FRAMES}[polarity]
-    return rng.choice(frames).format(
-        n=rng.choice(ASPECT_NOUNS[aspect]), i=rng.choice(INTENSIFIERS), m=rng.choice(NEUTRAL_WORDS),
-        a=rng.choice(pos + GENERIC_POSITIVE), b=rng.choice(neg + GENERIC_NEGATIVE))
-
-
-def _pick_aspects(rng: random.Random, ood: bool) -> list[str]:
-    """Choose 2-3 aspects mostly from the split's pool, with an occasional one from the other pool."""
-    main, other = (MASA_OOD_ASPECTS, MASA_ID_ASPECTS) if ood else (MASA_ID_ASPECTS, MASA_OOD_ASPECTS)
-    chosen = rng.sample(main, rng.choice((2, 2, 3)))
-    if rng.random() < 0.15:
-        chosen[rng.randrange(len(chosen))] = rng.choice(other)
-    return chosen
+    """Return one clause stating ``polarity`` about ``aspect``, naming it (without punctuation)."""
+    clause = rng.choice(FRAMES[polarity]).format(n=aspect, i=rng.choice(INTENSIFIERS), m=rng.choice(NEUTRAL_WORDS),
+                                                 a=rng.choice(POSITIVE_WORDS), b=rng.choice(NEGATIVE_WORDS))
+    return clause.replace(f"{aspect} was", f"{aspect} were") if aspect.endswith("s") else clause
 
 
 def _masa_record(rng: random.Random, ood: bool, max_words: int = 30) -> Record:
-    """Build one review of at most ``max_words`` words with its labels and rationales (no id)."""
+    """Build one review of at most ``max_words`` words with its aspect list, labels and rationales (no id)."""
     while len((record := _masa_draft(rng, ood))["text"].split()) > max_words:
         pass
     return record
 
 
 def _masa_draft(rng: random.Random, ood: bool) -> Record:
-    """Draft one review with its labels and rationales, whatever its length."""
-    aspects = _pick_aspects(rng, ood)
-    n_clauses = rng.randint(max(2, len(aspects)), min(4, len(aspects) + 1))
-    labels = {a: "unmentioned" for a in MASA_ID_ASPECTS + MASA_OOD_ASPECTS}
-    rationales = {a: f"{a} is not discussed" for a in labels}
+    """Draft one review with its aspect list, labels and rationales, whatever its length.
+
+    The record lists 2-3 aspects of its pool in a random order (its ``slots``: what the instruction asks for).
+    The text rates some of them and, half of the time, one aspect the list leaves out (an OOD review may
+    rate an ID aspect too; a training review never names an OOD pair), so only a model that reads the
+    list knows what to answer.
+    """
+    pool = MASA_OOD_ASPECTS if ood else MASA_ID_ASPECTS
+    listed = rng.sample(pool, rng.choice((2, 2, 3)))
+    rated = [a for a in listed if rng.random() < 0.6] or [rng.choice(listed)]
+    unlisted = [a for a in pool + (MASA_ID_ASPECTS if ood else ()) if a not in listed]
+    extra = [rng.choice(unlisted)] if rng.random() < 0.5 else []
+    labels = dict.fromkeys(listed, "unmentioned")
+    rationales = {a: f"{a} is not discussed" for a in listed}
     clauses = []
-    for aspect in aspects:
+    for aspect in rated + extra:
         labels[aspect] = rng.choices(("positive", "negative", "neutral"), weights=(4, 4, 3))[0]
         rationales[aspect] = _masa_clause(rng, aspect, labels[aspect])
         clauses.append(rng.choice(OPENERS[labels[aspect]]) + rationales[aspect])
-    clauses += rng.sample(DISTRACTORS, n_clauses - len(aspects))
+    if rng.random() < 0.3:
+        clauses.append(rng.choice(DISTRACTORS))
     rng.shuffle(clauses)
     text = clauses[0] + "".join(rng.choice(CONNECTORS) + c for c in clauses[1:]) + "."
-    return {"text": _capitalize(text), "labels": labels, "rationales": rationales}
+    return {"text": _capitalize(text), "slots": listed, "labels": labels, "rationales": rationales}
 
 
 def _person(rng: random.Random) -> Mention:
@@ -274,11 +269,13 @@ def generate_masa(n: int, seed: int, *, ood: bool = False, prefix: str = "masa")
     Args:
         n: Number of records.
         seed: Seed of the ``random.Random`` that drives everything.
-        ood: Mention mostly the OOD aspects (``MASA_OOD_ASPECTS``) instead of the ID ones.
+        ood: List aspects of the OOD pool (``MASA_OOD_ASPECTS``) instead of the ID pool.
         prefix: Id prefix; ids are ``{prefix}-0001`` onwards.
 
     Returns:
-        Records ``{id, text, labels, rationales}``; every aspect of both lists is labelled.
+        Records ``{id, text, slots, labels, rationales}``: ``slots`` is the record's own aspect list (2-3 of
+        its pool, in a random order); every listed aspect is labelled, and so is an unlisted aspect the text
+        also rates.
     """
     return _generate(n, seed, prefix, lambda rng: _masa_record(rng, ood))
 

@@ -23,7 +23,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,12 +42,16 @@ class Record:
         text: The input text.
         answer: Slot -> values, for the slots the record labels.
         rationales: Slot -> one-line justification (used by CoT designs); may be empty.
+        slots: The slots this record's instruction lists and is scored on, in order (JSON key ``slots``);
+            None (the default) means the split's slot list (``labels.slots``, or ``labels.ood_slots`` on OOD
+            splits). A varying list per record is what makes a model read the instruction.
     """
 
     id: str
     text: str
     answer: Answer
     rationales: Mapping[str, str] = field(default_factory=dict)
+    slots: tuple[str, ...] | None = None
 
 
 class TaskType:
@@ -149,8 +153,16 @@ class AspectSentiment(TaskType):
     def score(self, golds: Sequence[Answer], preds: Sequence[Answer], *, slots: Sequence[str],  # noqa: D102
               values: Sequence[str], unmentioned: str, weights: Sequence[Sequence[float]] | None = None,
               ) -> dict[str, float]:
+        # Golds come from Task.gold and hold exactly the slots their record is scored on: the split's list, or
+        # the record's own list when it has one. Then each record is scored on its own keys, plus every slot the
+        # answer rates although the record did not ask for it (gold: unmentioned), so that rating every aspect
+        # the text names, asked or not, costs what it should.
+        own = None
+        if any(set(g) != set(slots) for g in golds):
+            own = [(*g, *(s for s, v in p.items() if s not in g and tuple(v) != (unmentioned,)))
+                   for g, p in zip(golds, preds, strict=True)]
         return metrics.aspect_scores(golds, preds, slots=slots, labels=values, unmentioned=unmentioned,
-                                     weights=weights)
+                                     weights=weights, sample_slots=own)
 
 
 class _Spans(TaskType):
@@ -462,8 +474,23 @@ def records_from_rows(rows: Sequence[Mapping[str, Any]], kind: TaskType,
         if not isinstance(record, Record):
             raise PluginError(kind, "from_json", f"returned {type(record).__name__}, not a sde_search.tasks.Record",
                               row=i)
+        if row.get("slots") is not None:
+            try:
+                record = replace(record, slots=record_slots(row["slots"]))
+            except (TypeError, ValueError) as exc:
+                on_error(i, str(exc))
+                continue
         records.append(record)
     return records
+
+
+def record_slots(value: Any) -> tuple[str, ...]:
+    """A record's own slot list (JSON ``slots``): a non-empty list of distinct, non-blank strings."""
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) and s.strip() for s in value):
+        raise TypeError(f"'slots' must be a non-empty list of slot names, got {clip(json.dumps(value, default=str))}")
+    if len(set(value)) < len(value):
+        raise ValueError(f"'slots' names a slot twice: {clip(json.dumps(value))}")
+    return tuple(value)
 
 
 def is_plugin(kind: TaskType) -> bool:

@@ -30,8 +30,8 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sde_search import metrics, verdicts
-from sde_search.config import ConfigError, ModelConfig, Task, TrainConfig
+from sde_search import generations, metrics, verdicts
+from sde_search.config import ConfigError, ModelConfig, Task, TrainConfig, codes_text
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
 
@@ -271,7 +271,10 @@ def model_dtype(name: str) -> torch.dtype:
 
 
 def add_lora(model: torch.nn.Module, hp: TrainConfig, tiny: bool) -> torch.nn.Module:
-    """Wraps the model with LoRA; a from-scratch tiny model also trains embeddings and lm_head (PITFALLS 9)."""
+    """Wraps the model with LoRA; a from-scratch tiny model also trains embeddings and lm_head.
+
+    A random base has nothing useful frozen in its embeddings, so LoRA alone could not learn the vocabulary.
+    """
     config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                         target_modules=hp.target_modules, task_type="CAUSAL_LM",
                         modules_to_save=["embed_tokens", "lm_head"] if tiny else None)
@@ -348,6 +351,7 @@ class EvalSet:
     split: str
     prompts: list[str]
     golds: list[dict[str, tuple[str, ...]]]
+    slots: list[tuple[str, ...] | None] | None = None  # per record: its own slot list (Record.slots), if any
 
 
 def eval_set(task: Task, design: Design, split: str, limit: int | None, instruction: str | None = None) -> EvalSet:
@@ -358,7 +362,7 @@ def eval_set(task: Task, design: Design, split: str, limit: int | None, instruct
     records = task.splits[split][:limit] if limit else task.splits[split]
     ood = split.endswith("_ood")
     return EvalSet(split, [render(r, design, task, ood=ood, instruction=instruction).prompt for r in records],
-                   [task.gold(r, split) for r in records])
+                   [task.gold(r, split) for r in records], [r.slots for r in records])
 
 
 @dataclass(frozen=True)
@@ -420,12 +424,13 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
     trivial answer's.
     """
     ood = es.split.endswith("_ood")
-    parsed: list[Parsed] = [parse(o, design, task, ood=ood) for o in outputs]
+    own = es.slots or [None] * len(outputs)
+    parsed: list[Parsed] = [parse(o, design, task, ood=ood, slots=s) for o, s in zip(outputs, own, strict=True)]
     answers = [p.answer for p in parsed]
     n = len(es.golds)
     fixed = task.fixed_answer(es.split)
     empty = dict.fromkeys(task.slots_for(es.split), task.kind.empty(task.unmentioned))
-    trivial = {name: task.score(es.golds, [answer] * n, es.split) for name, answer in
+    trivial = {name: task.score(es.golds, metrics.same_answer(answer, es.golds), es.split) for name, answer in
                (("fixed", fixed), ("empty", empty))}
     out = {k: float(v) for k, v in task.score(es.golds, answers, es.split).items()}
     out.update({
@@ -662,53 +667,105 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(task: Task, design: Design, *, out: str | None = None, hparams: Mapping[str, Any] | None = None,
-         save_adapter: bool = False) -> int:
-    """``sde-search train``: fits one design and prints each report as a table row.
+TEST_SPLITS = ("test_id", "test_ood")
+SCORED_SPLITS = ("eval_id", "eval_ood", *TEST_SPLITS)
 
-    With ``save_adapter`` (``--full``) the final LoRA adapter and tokenizer are saved to ``OUT/adapter``.
+
+def main(task: Task, design: Design, *, out: str | Path, hparams: Mapping[str, Any] | None = None,
+         save_adapter: bool = False, test: bool = False) -> int:
+    """``sde-search train``: fits one design, prints each report as a table row and writes what it generated.
+
+    ``OUT`` receives ``checkpoints/``, ``metrics.jsonl`` (one line per report) and, per scored split,
+    ``outputs/design.<split>.jsonl`` (:mod:`sde_search.generations`, the search's layout): the last report's
+    eval sets, and with ``test`` the test splits, scored once from the last checkpoint (their metrics also go
+    to ``test_metrics.json``). With ``save_adapter`` (``--full``) the final LoRA adapter and tokenizer are
+    saved to ``OUT/adapter``.
     """
+    out = Path(out)
     hp = resolve_hparams(task, hparams)
     print(f"training {design.short()} on {task.config.name}: {len(task.splits['train'])} records, "
           f"{hp.epochs} epochs, {hp.reports_per_epoch} reports/epoch, model {task.config.model.name}", flush=True)
-    has_ood = "eval_ood" in task.splits and task.ood_measurable(design)
+    if design.label_style == "number" and not task.kind.multi_valued:
+        print(f"label codes: {codes_text(task.config.labels.numbers)}", flush=True)
+    tests = [s for s in TEST_SPLITS if test and s in task.splits]
+    has_ood = task.ood_measurable(design) and any(s in task.splits for s in ("eval_ood", *tests) if "_ood" in s)
     print(f"{'report':>6} {'epoch':>6} {'loss':>7} {'ID':>7} {'ID fmt':>7}" + (f" {'OOD':>7} {'OOD fmt':>7}"
           if has_ood else "") + f" {'fixed':>7} {'train s':>8} {'gen s':>6}", flush=True)
     rows: list[dict[str, float]] = []
+    checkpoints: list[str] = []
 
-    def show(m: dict[str, float], _ckpt: str | None) -> None:
+    def show(m: dict[str, float], ckpt: str | None) -> None:
         rows.append(m)
-        ood = f" {m['score_ood']:7.3f} {m['format_error_rate_ood']:7.2f}" if has_ood else ""
-        print(f"{int(m['report']):6d} {m['epoch']:6.2f} {m['train_loss']:7.3f} {m['score']:7.3f} "
-              f"{m['format_error_rate']:7.2f}{ood} {m['baseline_fixed']:7.3f} {m['train_s']:8.1f} "
-              f"{m['gen_s']:6.1f}", flush=True)
+        checkpoints.extend([ckpt] if ckpt else [])
+        print(f"{int(m['report']):6d} {m['epoch']:6.2f} {m['train_loss']:7.3f} {_cells(m, has_ood)} "
+              f"{m['train_s']:8.1f} {m['gen_s']:6.1f}", flush=True)
 
     t0 = time.perf_counter()
     try:
-        final = fit(task, design, hparams, report=show, checkpoint_dir=str(Path(out) / "checkpoints") if out else None)
+        final = fit(task, design, hparams, report=show, checkpoint_dir=str(out / "checkpoints"))
     except TrialError as exc:
         print(f"trial failed: {exc}", file=sys.stderr)
         return 1
+    last = Path(checkpoints[-1])  # this run's own: an --out reused from a longer run keeps older report folders
+    texts: dict[str, list[str]] = json.loads((last / "generations.json").read_text())
+    scored: dict[str, float] = {}
+    if tests:
+        t1 = time.perf_counter()
+        scored = evaluate_checkpoint(task, design, hparams, str(last), splits=tests, outputs=texts)[0]
+        print(f"{'test':>6} {'-':>6} {'-':>7} {_cells(scored, has_ood)} {'-':>8} {time.perf_counter() - t1:6.1f}",
+              flush=True)
     wall = time.perf_counter() - t0
+    print(f"final: {_summary(task, final, has_ood)}; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
     key = task.kind.score_key
-    extra = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("accuracy", "f1", "precision", "recall"))
-    print(f"final: ID {key} {final['score']:.3f} ({extra}; fixed answer {final['baseline_fixed']:.3f}, "
-          f"empty answer {final['baseline_empty']:.3f}, {int(final['distinct_predictions'])} distinct predictions)"
-          + (f", OOD {final['score_ood']:.3f}" if has_ood and final.get("measured_ood") else
-             ", OOD not measured (constant predictions or all format errors)" if has_ood else "")
-          + f"; wall {wall:.1f} s, peak RSS {peak_rss_mb():.0f} MiB")
     print(f"reads the input (eval, one seed): {'yes' if final.get('reads_input') else 'no'}: accuracy "
           f"{final.get('accuracy', math.nan):.3f} against {final['accuracy_fixed']:.3f} for the majority answer; "
           f"lower ends of the 95 % intervals over both trivial answers: {key} "
           f"{final.get('reads_low_score', math.nan):+.3f}, accuracy {final.get('reads_low_accuracy', math.nan):+.3f}")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if save_adapter:
-            last = sorted((Path(out) / "checkpoints").glob("report-*"))[-1]
-            folder = save_final_adapter(task, hparams, str(last), Path(out) / "adapter")
-            print(f"adapter saved to {folder} (peft format; load with PeftModel.from_pretrained)")
+    if scored:
+        reads = f"; reads the input: {'yes' if scored['reads_input'] else 'no'}" if "reads_input" in scored else ""
+        print(f"test (scored once, from the last checkpoint): {_summary(task, scored, has_ood)}{reads}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "test_metrics.json").unlink(missing_ok=True)  # an earlier run's, in a reused --out
+    if scored:
+        (out / "test_metrics.json").write_text(json.dumps(
+            {s: {k.removesuffix("_ood"): v for k, v in scored.items() if k.endswith("_ood") == s.endswith("_ood")}
+             for s in tests if s in texts}, indent=1))
+    folder = out / "outputs"
+    for split in SCORED_SPLITS:  # a file from an earlier run into this --out must not pass for this run's
+        (folder / f"design.{split}.jsonl").unlink(missing_ok=True)
+    written = [generations.write(folder / f"design.{split}.jsonl", task, design, split, texts[split])
+               for split in SCORED_SPLITS if split in texts]
+    print(f"generations in {folder}: {', '.join(p.name for p in written)} (one JSON line per record: id, gold, "
+          "prompt, target, output, parsed, errors)")
+    if save_adapter:
+        adapter = save_final_adapter(task, hparams, str(last), out / "adapter")
+        print(f"adapter saved to {adapter} (peft format; load with PeftModel.from_pretrained)")
     return 0
+
+
+def _cells(m: Mapping[str, float], has_ood: bool) -> str:
+    """A table row's score cells: ID score and format errors, OOD ones, the fixed answer's ID score (``-``: none)."""
+    def pair(suffix: str) -> str:
+        if f"score{suffix}" not in m:
+            return f"{'-':>7} {'-':>7}"
+        return f"{m[f'score{suffix}']:7.3f} {m[f'format_error_rate{suffix}']:7.2f}"
+
+    fixed = f"{m['baseline_fixed']:7.3f}" if "baseline_fixed" in m else f"{'-':>7}"
+    return pair("") + (f" {pair('_ood')}" if has_ood else "") + f" {fixed}"
+
+
+def _summary(task: Task, m: Mapping[str, float], has_ood: bool) -> str:
+    """One scored set of splits in words: the ID score with the trivial answers, then the OOD score."""
+    parts = []
+    if "score" in m:
+        extra = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("accuracy", "f1", "precision", "recall"))
+        parts.append(f"ID {task.kind.score_key} {m['score']:.3f} ({extra}; fixed answer {m['baseline_fixed']:.3f}, "
+                     f"empty answer {m['baseline_empty']:.3f}, {int(m['distinct_predictions'])} distinct predictions)")
+    if has_ood and "score_ood" in m:
+        parts.append(f"OOD {m['score_ood']:.3f}" if m.get("measured_ood") else
+                     "OOD not measured (constant predictions or all format errors)")
+    return ", ".join(parts)
 
 
 def save_final_adapter(task: Task, hparams: Mapping[str, Any] | None, checkpoint: str, folder: Path) -> Path:

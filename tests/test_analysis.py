@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sde_search import analysis, export
+from sde_search import analysis, export, metrics
 from sde_search.analysis import TrialRow
 from sde_search.config import load_task
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design, parse_design
@@ -88,7 +88,7 @@ def test_test_set_margin_over_the_fixed_answer(tmp_path):
     fixed = task.fixed_answer("test_id")
     assert set(fixed) == set(task.slots) and all(len(v) == 1 for v in fixed.values())
     _write_outputs(tmp_path / "outputs" / "perfect.test_id.jsonl", golds, golds)
-    _write_outputs(tmp_path / "outputs" / "parrot.test_id.jsonl", golds, [fixed] * len(golds))
+    _write_outputs(tmp_path / "outputs" / "parrot.test_id.jsonl", golds, metrics.same_answer(fixed, golds))
     reads = versus_fixed(task, tmp_path, "perfect", "test_id")
     assert reads is not None and reads.records == len(golds) and reads.low > 0  # a perfect answer reads the input
     parrot = versus_fixed(task, tmp_path, "parrot", "test_id")

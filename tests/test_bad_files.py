@@ -27,7 +27,7 @@ from sde_search.config import ConfigError, load_task
 ROOT = Path(__file__).resolve().parents[1]
 OK_TASK = ROOT / "tests" / "bad" / "ok" / "task.yaml"
 OK_SPACE = ROOT / "tests" / "bad" / "ok" / "space.yaml"
-MASA = ROOT / "examples" / "data" / "masa"
+MASA = ROOT / "tests" / "masa_fixed"
 LABELS = ("labels: {slots: [food, drinks, price, staff], ood_slots: [parking, noise, decor, location], "
           "values: [positive, negative, neutral], unmentioned: unmentioned}\n")
 LINE_LIMIT = 600  # no message line quotes a whole user value
@@ -151,7 +151,8 @@ CASES: dict[str, tuple[Builder, str, bool]] = {  # id: (builder, expected messag
     "design_link_loop": (lambda w: ["--task", str(OK_TASK), "--design", str(_loop(w / "design_loop.yaml"))],
                          f"design_loop.yaml: {LOOP}", True),
     "data_link_loop": (lambda w: _data(w, "loop", _loop), f"loop.jsonl: {LOOP}", True),
-    "data_root_link_loop": (_root_loop, f"rootloop/train.jsonl: {LOOP} (paths are relative to data.root", True),
+    "data_root_link_loop": (_root_loop, f"rootloop/train.jsonl: {LOOP} (relative paths resolve against data.root",
+                            True),
     "search_space_link_loop": (_search_space_loop, "search_space: file not found: ", True),
     "task_broken_link": (lambda w: ["--task", str(_broken(w / "task_broken.yaml"))], f"task_broken.yaml: {BROKEN}",
                          True),

@@ -124,7 +124,7 @@ CATEGORIES = {
                                             "plugin_dependency_missing.yaml", "plugin_duplicate_type.yaml"],
     "broken data rows": ["bad_json_line.yaml", "span_mismatch.yaml", "rationales_string.yaml", "text_not_string.yaml",
                          "entities_not_list.yaml", "json_array.yaml", "csv_ragged.yaml", "csv_bad_json_cell.yaml"],
-    "inconsistent settings": ["instruction_none_ood.yaml", "number_without_numbers.yaml", "numbers_incomplete.yaml",
+    "inconsistent settings": ["instruction_none_ood.yaml", "numbers_unknown_label.yaml", "numbers_shared_code.yaml",
                               "template_placeholder.yaml", "train_is_eval.yaml", "test_is_eval.yaml",
                               "duplicate_slots.yaml", "unknown_type.yaml", "name_pattern.yaml", "invalid_yaml.yaml",
                               "top_level_list.yaml", "spaces/top_level_list.yaml", "spaces/startup_trials.yaml",

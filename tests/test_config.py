@@ -15,7 +15,7 @@ from sde_search.config import ConfigError, SpaceConfig, check_compatible, load_s
 ROOT = Path(__file__).resolve().parents[1]
 MASA = ROOT / "examples" / "demo_masa.yaml"
 ENTITIES = ROOT / "examples" / "demo_entities.yaml"
-MASA_TRAIN = ROOT / "examples" / "data" / "masa" / "train.jsonl"
+MASA_TRAIN = ROOT / "tests" / "masa_fixed" / "train.jsonl"
 
 
 # --- load_task in process --------------------------------------------------------------------------------------------
@@ -42,8 +42,11 @@ def test_example_tasks_load() -> None:
     task = load_task(MASA, ["data.max_train=200", "data.max_eval=60", "data.max_test=null"])
     assert {k: len(v) for k, v in task.splits.items()} == {
         "train": 200, "eval_id": 60, "eval_ood": 60, "test_id": 120, "test_ood": 120}
-    assert task.slots == ("food", "drinks", "price", "staff")
-    assert task.ood_slots == ("parking", "noise", "decor", "location")
+    assert len(task.slots) == 30 and "patio music" in task.slots and "bar food" not in task.slots
+    assert task.ood_slots == ("bar food", "patio drinks", "lounge music", "terrace seating", "garden service",
+                              "rooftop view")
+    assert all(r.slots and set(r.slots) <= set(task.slots) for r in task.splits["train"])
+    assert all(r.slots and set(r.slots) <= set(task.ood_slots) for r in task.splits["eval_ood"])
     assert task.slots_for("eval_ood") == task.ood_slots and task.slots_for("test_id") == task.slots
     assert task.unmentioned == "unmentioned"
     assert load_task(ENTITIES).unmentioned == "none"
@@ -114,8 +117,9 @@ def test_subsampling_is_deterministic_and_keeps_file_order() -> None:
     assert ids != everything[:25]  # sampled, not truncated
 
 
-def test_eval_ood_defaults_to_eval_id_when_the_ood_slots_differ(tmp_path: Path) -> None:
-    task = load_task(_write_task(tmp_path, _GOOD))
+def test_eval_ood_is_eval_id_read_with_the_ood_slots_only_when_asked(tmp_path: Path) -> None:
+    assert "eval_ood" not in load_task(_write_task(tmp_path, _GOOD)).splits  # never derived silently
+    task = load_task(_write_task(tmp_path, _GOOD), ["data.eval_ood={from: eval_id}"])
     assert [r.id for r in task.splits["eval_ood"]] == [r.id for r in task.splits["eval_id"]]
     record = task.splits["eval_ood"][0]
     assert set(task.gold(record, "eval_ood")) == {"parking", "noise", "decor", "location"}
@@ -201,7 +205,7 @@ def test_plugins_must_be_a_list(tmp_path: Path) -> None:
 # --- spaces --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "size"), [("quick", 24), ("sde_core", 72), ("sde_full", 216), ("sde_hparams", 24),
+@pytest.mark.parametrize(("name", "size"), [("quick", 72), ("sde_core", 72), ("sde_full", 216), ("sde_hparams", 24),
                                             ("sde_chat", 24)])
 def test_shipped_spaces_load(name: str, size: int) -> None:
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
@@ -219,7 +223,7 @@ def test_space_overrides() -> None:
     space = load_space(ROOT / "search_spaces" / "quick.yaml", ["budget.num_samples=20", "design.reasoning=[none, cot]"])
     assert space.budget.num_samples == 20
     assert space.design_choices()["reasoning"] == ("none", "cot")
-    assert space.size() == 48
+    assert space.size() == 144
 
 
 def test_space_with_several_mistakes(tmp_path: Path) -> None:
@@ -273,7 +277,7 @@ def test_template_with_stray_brace(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("space_sets", "expected"), [
-    ([], (12, 12)),                                                     # the task's 12 epochs x 1 report
+    ([], (20, 20)),                                                     # the task's 20 epochs x 1 report
     (["train.epochs=6"], (6, 6)),                                       # the space's value wins
     (["train.epochs=[4, 8]", "train.reports_per_epoch=2"], (8, 16)),    # searched: both extremes
 ])

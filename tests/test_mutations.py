@@ -443,7 +443,7 @@ FOUND: dict[str, tuple[str, Callable[[Any], Any], str]] = {
     # Messages quoting a huge value or key in full:
     "space_value_huge": ("space.yaml", _put(("design", "reasoning"), HUGE), "design.reasoning: 'xxx"),
     "task_key_huge": ("task.yaml", _rekey(("data", "eval_ood"), "k" * 100_000), "data.kkk"),
-    "record_label_huge": ("data/dev.jsonl", _put((3, "labels", "food"), HUGE), "aspect 'food': label 'xxx"),
+    "record_label_huge": ("data/dev.jsonl", _put((3, "labels", "patio food"), HUGE), "aspect 'patio food': label 'xxx"),
     "label_value_huge": ("task.yaml", _put(("labels", "values", 0), HUGE), "labels.numbers: ['positive']"),
     "data_root_huge": ("task.yaml", _put(("data", "root"), HUGE), "data.train: "),
     "tracking_path_huge": ("task.yaml", _put(("tracking",), {"uri": f"sqlite:////{HUGE}/mlflow.db"}),

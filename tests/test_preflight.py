@@ -17,7 +17,7 @@ from sde_search import cli, preflight, render_check, tasks
 from sde_search.config import ConfigError, Range, SpaceConfig, load_space, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
-MASA_TRAIN = ROOT / "examples" / "data" / "masa" / "train.jsonl"
+MASA_TRAIN = ROOT / "tests" / "masa_fixed" / "train.jsonl"
 OK_TASK = ROOT / "tests" / "bad" / "ok" / "task.yaml"
 OK_SPACE = ROOT / "tests" / "bad" / "ok" / "space.yaml"
 LABELS = ("labels: {slots: [food, drinks, price, staff], ood_slots: [parking, noise, decor, location], "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sde_search import tasks
+from sde_search import metrics, tasks
 from sde_search.config import Task, load_task
 from sde_search.design import DIMENSIONS, ES_SDE, EW_SDE, PAPER_BASELINE, Design, all_designs, parse_design
 from sde_search.render import FORMATS, NOTHING, parse, render
@@ -32,8 +32,9 @@ def loaded() -> dict[str, Task]:
 
 
 @pytest.fixture(scope="module")
-def masa(loaded: dict[str, Task]) -> Task:
-    return loaded["masa"]
+def masa() -> Task:
+    """A task with one fixed aspect list, which the hand-written generations below are written against."""
+    return load_task(Path(__file__).resolve().parent / "masa_fixed" / "task.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_round_trip_every_record(design: Design, loaded: dict[str, Task]) -> Non
             ood = split.endswith("_ood")
             for record in task.splits[split]:
                 sample = render(record, design, task, ood=ood)
-                parsed = parse(sample.target, design, task, ood=ood)
+                parsed = parse(sample.target, design, task, ood=ood, slots=record.slots)
                 where = f"{name} {split} {record.id}\n{sample.target}"
                 assert parsed.errors == (), where
                 assert parsed.status == "ok", where
@@ -98,6 +99,25 @@ def test_ood_render_uses_the_ood_slots(masa: Task) -> None:
     assert [line.split(":")[0] for line in ood.target.splitlines()] == ["parking", "noise", "decor", "location"]
     assert "Aspects: parking, noise, decor, location." in ood.prompt
     assert [line.split(":")[0] for line in in_domain.target.splitlines()] == ["food", "drinks", "price", "staff"]
+
+
+def test_a_record_with_its_own_slots_is_asked_and_scored_on_them(loaded: dict[str, Task]) -> None:
+    task = loaded["masa"]
+    record = next(r for r in task.splits["train"] if r.slots and len(r.slots) == 3)
+    sample = render(record, ES_SDE, task)
+    assert f"Aspects: {', '.join(record.slots)}." in sample.prompt
+    assert [line.split(":")[0] for line in sample.target.splitlines()] == list(record.slots)
+    assert set(task.gold(record, "train")) == set(record.slots)
+    other = next(s for s in task.slots if s not in record.slots)
+    parsed = parse(sample.target + f"\n{other}: positive", ES_SDE, task, slots=record.slots)
+    assert "check_error" in parsed.errors and set(parsed.answer) == {*record.slots, other}
+    assert parsed.answer[other] == ("positive",)  # kept: a rating nobody asked for is scored as a wrong answer
+    scored = task.score([task.gold(record, "train")], [parsed.answer], "train")
+    assert scored["accuracy"] == 3 / 4
+    clean = parse(sample.target, ES_SDE, task, slots=record.slots)
+    assert task.score([task.gold(record, "train")], [clean.answer], "train")["accuracy"] == 1.0
+    fixed = task.fixed_answer("train")
+    assert set(metrics.same_answer(fixed, [task.gold(record, "train")])[0]) == set(record.slots)
 
 
 def test_omit_with_nothing_to_write_renders_none(entities: Task) -> None:

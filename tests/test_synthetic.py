@@ -23,7 +23,6 @@ from sde_search.synthetic import (
     write_examples,
 )
 
-ALL_ASPECTS = MASA_ID_ASPECTS + MASA_OOD_ASPECTS
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "data"
 FORBIDDEN = re.compile(r'[,;:"\n]|=>|<=')
@@ -37,8 +36,8 @@ def _read(path: Path) -> list[dict]:
 
 
 def _mentioned(records: list[dict], aspect: str) -> float:
-    """Share of records where ``aspect`` is not unmentioned."""
-    return sum(r["labels"][aspect] != "unmentioned" for r in records) / len(records)
+    """Share of records whose text rates ``aspect``."""
+    return sum(r["labels"].get(aspect, "unmentioned") != "unmentioned" for r in records) / len(records)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def test_constraints_hold_in_every_split(written) -> None:
 def test_key_order(written) -> None:
     """Record and item keys come in the documented order."""
     out, _ = written
-    assert list(_read(out / "masa/dev.jsonl")[0]) == ["id", "text", "labels", "rationales"]
+    assert list(_read(out / "masa/dev.jsonl")[0]) == ["id", "text", "slots", "labels", "rationales"]
     assert list(_read(out / "entities/dev.jsonl")[0]) == ["id", "text", "entities", "rationales"]
     assert list(_read(out / "events/dev.jsonl")[0]) == ["id", "text", "events", "rationales"]
     entity = next(e for r in _read(out / "entities/dev.jsonl") for e in r["entities"])
@@ -103,25 +102,41 @@ def test_key_order(written) -> None:
 
 
 def test_masa_labels_and_rationales() -> None:
-    """Every aspect is labelled; mentioned aspects quote their clause as rationale."""
-    for record in generate_masa(200, 3) + generate_masa(200, 4, ood=True):
-        assert tuple(record["labels"]) == ALL_ASPECTS == tuple(record["rationales"])
-        assert set(record["labels"].values()) <= {"positive", "negative", "neutral", "unmentioned"}
-        mentioned = [a for a in ALL_ASPECTS if record["labels"][a] != "unmentioned"]
-        assert 2 <= len(mentioned) <= 3
-        assert len(record["text"].split()) <= 30
-        for aspect in mentioned:
-            assert record["rationales"][aspect].lower() in record["text"].lower()
+    """Each record lists 2-3 aspects of its pool; listed and rated aspects are labelled, rated ones quote their clause."""
+    for ood, records in ((False, generate_masa(200, 3)), (True, generate_masa(200, 4, ood=True))):
+        pool = MASA_OOD_ASPECTS if ood else MASA_ID_ASPECTS
+        for record in records:
+            listed = record["slots"]
+            assert 2 <= len(listed) <= 3 and len(set(listed)) == len(listed) and set(listed) <= set(pool)
+            assert list(record["labels"])[:len(listed)] == listed and set(record["labels"]) == set(record["rationales"])
+            assert set(record["labels"].values()) <= {"positive", "negative", "neutral", "unmentioned"}
+            rated = [a for a, v in record["labels"].items() if v != "unmentioned"]
+            assert rated and any(a in listed for a in rated) and len(set(rated) - set(listed)) <= 1
+            assert len(record["text"].split()) <= 30
+            for aspect in rated:
+                assert aspect in record["text"].lower() and record["rationales"][aspect].lower() in record["text"].lower()
 
 
-def test_masa_aspect_shift() -> None:
-    """ID splits mention mostly ID aspects, OOD splits mostly OOD aspects."""
+def test_masa_lists_vary_so_the_instruction_carries_information() -> None:
+    """Lists differ in content and order, and texts often rate an aspect the list leaves out."""
+    records = generate_masa(400, 101)
+    assert len({tuple(r["slots"]) for r in records}) > 150
+    assert len({tuple(sorted(r["slots"])) for r in records}) < len({tuple(r["slots"]) for r in records})
+    unlisted = sum(any(a not in r["slots"] for a in r["labels"]) for r in records) / len(records)
+    assert 0.3 < unlisted < 0.7
+
+
+def test_masa_ood_aspects_are_unseen_pairs_of_known_words() -> None:
+    """OOD aspects never occur in training texts or lists, yet each of their words does, in other aspects."""
+    assert not set(MASA_ID_ASPECTS) & set(MASA_OOD_ASPECTS)
     train, ood = generate_masa(400, 101), generate_masa(200, 104, ood=True)
-    for aspect in MASA_ID_ASPECTS:
-        assert _mentioned(train, aspect) > 0.4 and _mentioned(ood, aspect) < 0.15
     for aspect in MASA_OOD_ASPECTS:
-        assert _mentioned(ood, aspect) > 0.4 and _mentioned(train, aspect) < 0.15
-    assert any(_mentioned(train, a) > 0 for a in MASA_OOD_ASPECTS)
+        assert _mentioned(train, aspect) == 0 and not any(aspect in r["text"].lower() for r in train)
+        assert _mentioned(ood, aspect) > 0.2
+        for word in aspect.split():
+            assert any(word in a.split() for a in MASA_ID_ASPECTS)
+    for aspect in MASA_ID_ASPECTS:
+        assert _mentioned(train, aspect) > 0.02
 
 
 def test_masa_polarities_balanced() -> None:
