@@ -102,7 +102,7 @@ def test_key_order(written) -> None:
 
 
 def test_masa_labels_and_rationales() -> None:
-    """Each record lists 2-3 aspects of its pool; listed and rated aspects are labelled, rated ones quote their clause."""
+    """Each record lists 2-3 aspects of its pool; listed and rated ones are labelled, rated ones quote their clause."""
     for ood, records in ((False, generate_masa(200, 3)), (True, generate_masa(200, 4, ood=True))):
         pool = MASA_OOD_ASPECTS if ood else MASA_ID_ASPECTS
         for record in records:
@@ -114,7 +114,8 @@ def test_masa_labels_and_rationales() -> None:
             assert rated and any(a in listed for a in rated) and len(set(rated) - set(listed)) <= 1
             assert len(record["text"].split()) <= 30
             for aspect in rated:
-                assert aspect in record["text"].lower() and record["rationales"][aspect].lower() in record["text"].lower()
+                text = record["text"].lower()
+                assert aspect in text and record["rationales"][aspect].lower() in text
 
 
 def test_masa_lists_vary_so_the_instruction_carries_information() -> None:
