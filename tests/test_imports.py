@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "peft", "ray", "mlflow", "datasets")
-PURE = ("design", "tasks", "config", "render", "metrics", "cli", "synthetic", "analysis", "export", "verdicts", "splits",
-        "generations")
+PURE = ("design", "tasks", "config", "render", "metrics", "cli", "synthetic", "analysis", "export", "verdicts",
+        "splits", "generations")
 
 _SCRIPT = """
 import contextlib, io, json, sys
