@@ -1,10 +1,11 @@
 """Negative and positive controls of the verdict, through the real search (Ray, Optuna, MLflow, the seed stage).
 
-Negative: the demo task with its training labels shuffled across records, so that nothing in an input predicts its
-labels. Whatever the model learns, the report must say that no design reads the input and call no gain real.
-Positive: the same search on the real labels finds a design that reads the input. Both search the demo's best
-design family (Inst-first, natural, omit) at the demo's training budget (12 epochs, 400 records); the seed stage
-trains the best design, ES-SDE and the paper baseline with 2 seeds each.
+Negative: a MASA task with one aspect list (tests/masa_fixed, the earlier demo) with its training labels shuffled
+across records, so that nothing in an input predicts its labels. Whatever the model learns, the report must say
+that no design reads the input and call no gain real. Positive: the same search on the real labels finds a design
+that reads the input. Both search that task's best design family (Inst-first, natural, omit, no prompt loss) at its
+training budget (12 epochs, 400 records); the seed stage trains the best design, ES-SDE and the paper baseline
+with 2 seeds each.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ CONTROL = ["--set", "data.max_eval=60", "--set", "data.max_test=60", "--set", "s
            # the space: the 2 designs (text, number labels) of the demo's best family, which reads the input at
            # this budget when the labels are real; ES-SDE and the baseline join in the seed stage
            "--set", "space.design.instruction=first", "--set", "space.design.output_format=natural",
-           "--set", "space.design.unmentioned=omit"]
+           "--set", "space.design.unmentioned=omit", "--set", "space.design.prompt_loss=exclude"]
 
 
 def _data(tmp_path: Path, shuffle: bool) -> Path:
     folder = tmp_path / "masa"
-    shutil.copytree(ROOT / "examples" / "data" / "masa", folder)
+    shutil.copytree(ROOT / "tests" / "masa_fixed", folder)
     if shuffle:
         rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines() if line]
         labels = [r["labels"] for r in rows]
@@ -45,8 +46,9 @@ def _data(tmp_path: Path, shuffle: bool) -> Path:
 @pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled-labels", "real-labels"])
 def test_the_verdict_follows_whether_the_labels_can_be_learned(tmp_path: Path, shuffle: bool) -> None:
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "sde_search.cli", "--task", str(ROOT / "examples/demo_masa.yaml"), "--runs-dir",
-           str(runs), "--name", "control", "--set", f"data.root={_data(tmp_path, shuffle)}", *CONTROL]
+    folder = _data(tmp_path, shuffle)
+    cmd = [sys.executable, "-m", "sde_search.cli", "--task", str(folder / "task.yaml"), "--runs-dir",
+           str(runs), "--name", "control", "--set", f"search_space={ROOT / 'search_spaces' / 'quick.yaml'}", *CONTROL]
     proc = subprocess.run(cmd, cwd=tmp_path, env=search_env(tmp_path), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((runs / "control" / "summary.json").read_text())

@@ -26,7 +26,7 @@ def _parent(runs: Path, name: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("demo_masa")
+    exp = client.get_experiment_by_name("masa_fixed")
     return client, exp, client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")[0]
 
 
