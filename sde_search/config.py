@@ -11,7 +11,6 @@ Pure core: never imports torch, Ray or MLflow.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import importlib.util
 import math
@@ -396,11 +395,6 @@ def _as_list(value: Any) -> list[Any]:
 # ---------------------------------------------------------------- messages
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 _UNION_TAGS = {"str", "int", "float", "bool", "list"}
 
 
@@ -435,7 +429,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         owner = _model_at(model, err["loc"])
         allowed = [f.alias or name for name, f in owner.model_fields.items()] if owner else []  # 'from', not 'from_'
-        hint = _did_you_mean(str(loc[-1]), allowed) if allowed else ""
+        hint = preflight.did_you_mean(str(loc[-1]), allowed) if allowed else ""
         return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"{key}: unknown key"
     if kind == "missing":
         return f"{key}: required key is missing{_field_hint(model, err['loc'])}"
@@ -784,7 +778,7 @@ def _plugin_problem(name: str, cause: BaseException) -> str:
 def _check_type(name: str, path: Path) -> list[str]:
     if name in tasks.TASK_TYPES:
         return []
-    hint = _did_you_mean(name, list(tasks.TASK_TYPES))
+    hint = preflight.did_you_mean(name, list(tasks.TASK_TYPES))
     return [f"{path}: type: {preflight.shown(name)} is not a task type{hint} "
             f"(allowed: {', '.join(tasks.TASK_TYPES)}; more via plugins:)"]
 
@@ -1126,10 +1120,15 @@ def _read_split(source: splits.Source, root: Path, config: TaskConfig, kind: tas
     return read
 
 
+def _split_slots(labels: LabelsConfig, split: str) -> list[str]:
+    """The slots a split is scored on (what ``Task.slots_for`` says once the task is loaded)."""
+    return (labels.ood_slots or labels.slots) if split.endswith("_ood") else labels.slots
+
+
 def _build_answers(records: Sequence[tasks.Record], config: TaskConfig, kind: tasks.TaskType, split: str) -> None:
     """Builds every record's answer once, so that a plugin's ``gold`` fails here, naming the data file."""
     labels = config.labels
-    slots = (labels.ood_slots or labels.slots) if split.endswith("_ood") else labels.slots
+    slots = _split_slots(labels, split)
     with tasks.plugin_code(kind, "placeholder"):
         unmentioned = labels.unmentioned or kind.placeholder
     for i, record in enumerate(records, 1):
@@ -1202,7 +1201,7 @@ def _check_records(records: Sequence[tasks.Record], config: TaskConfig, kind: ta
     if dup:
         problems.append(f"{where}: duplicate record ids {preflight.cut(str(dup[:5]))} (every record needs its own id)")
     bad = [(r.id, p) for r in records for p in kind.label_problems(r, all_slots, labels.values, unmentioned)]
-    pool = (labels.ood_slots or labels.slots) if split.endswith("_ood") else labels.slots
+    pool = _split_slots(labels, split)
     key = "labels.ood_slots" if split.endswith("_ood") and labels.ood_slots else "labels.slots"
     bad += [(r.id, f"its slots {_clip(str(list(r.slots)), 100)} name {_clip(str(out), 100)}, not in {key} "
                    f"(allowed: {preflight.cut(', '.join(pool))})")
@@ -1239,19 +1238,20 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
     for dim, values in space.design.items():
         if dim not in DIMENSIONS:
             problems.append(f"{path}: design.{_clip(dim, 60)}: unknown dimension"
-                            f"{_did_you_mean(dim, list(DIMENSIONS))} (allowed: {', '.join(DIMENSIONS)})")
+                            f"{preflight.did_you_mean(dim, list(DIMENSIONS))} (allowed: {', '.join(DIMENSIONS)})")
             continue
         for v in _as_list(values):
             if v not in DIMENSIONS[dim]:
-                problems.append(f"{path}: design.{dim}: {preflight.shown(v)} is not allowed"
-                                f"{_did_you_mean(str(v), DIMENSIONS[dim])} (allowed: {', '.join(DIMENSIONS[dim])})")
+                hint = preflight.did_you_mean(str(v), DIMENSIONS[dim])
+                problems.append(f"{path}: design.{dim}: {preflight.shown(v)} is not allowed{hint} "
+                                f"(allowed: {', '.join(DIMENSIONS[dim])})")
         if isinstance(values, list) and len(set(values)) < len(values):
             problems.append(f"{path}: design.{dim}: duplicate values in {preflight.shown(values)}")
         if isinstance(values, list) and not values:
             problems.append(f"{path}: design.{dim}: empty list (give at least one value)")
     for key, value in space.train.items():
         if key not in TrainConfig.model_fields:
-            hint = _did_you_mean(key, list(TrainConfig.model_fields))
+            hint = preflight.did_you_mean(key, list(TrainConfig.model_fields))
             problems.append(f"{path}: train.{_clip(key, 60)}: unknown hyper-parameter{hint} "
                             f"(allowed: {', '.join(TrainConfig.model_fields)})")
         else:
@@ -1259,7 +1259,7 @@ def _check_space(space: SpaceConfig, path: Path) -> list[str]:
     for name in space.baselines:
         if name not in PRESETS:
             problems.append(f"{path}: baselines: {preflight.shown(name)} is not a preset"
-                            f"{_did_you_mean(name, list(PRESETS))} "
+                            f"{preflight.did_you_mean(name, list(PRESETS))} "
                             f"(allowed: {', '.join(PRESETS)})")
     problems.extend(_resource_problems(space.resources, path))
     problems.extend(_distribution_problems(space, path))

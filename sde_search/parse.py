@@ -432,7 +432,6 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False, slots: Se
     is still kept in the answer (under that slot), so that scoring can count it as a wrong answer.
     """
     c = codec(task, design, ood=ood, slots=slots)
-    pool = codec(task, design, ood=ood) if slots else None  # the split's slots, which the record did not all ask for
     answer = dict.fromkeys(c.slots, c.empty)
     stripped = text.strip()
     if not stripped:
@@ -454,6 +453,7 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False, slots: Se
         repaired |= p.broken or p.fixed or key_fixed
         if slot is None:
             errors.append("check_error")
+            pool = codec(task, design, ood=ood) if slots else None  # the split's slots, not all asked for
             extra = pool.read_key(p.key)[0] if pool else None
             if extra is not None and extra not in answer:  # kept, so that scoring charges a rating nobody asked for
                 answer[extra] = _read_values(p.values, pool)[0]

@@ -11,6 +11,7 @@ Pure: the standard library only; never imports torch, transformers, peft, Ray or
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 import json
@@ -54,6 +55,12 @@ LEARNED_POSITIONS = frozenset({"gpt2", "gpt_bigcode", "gpt_neo", "opt"})
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _SHOW = 200  # at most this many characters of a user value in a message
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``; did you mean 'x'?`` for the closest of ``options`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def cut(text: str) -> str:

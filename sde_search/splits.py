@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sde_search import tasks
-from sde_search.preflight import cut, shown
+from sde_search.preflight import cut, did_you_mean, shown
 
 SPLITS = ("train", "eval_id", "eval_ood", "test_id", "test_ood")
 REQUIRED = ("train", "eval_id")
@@ -237,7 +237,7 @@ def key_values(records: Sequence[tasks.Record], rows: Sequence[Mapping[str, Any]
         if len(missing) == len(records):
             fields = sorted({str(k) for row in rows[:100] for k in row} | set(OWN_KEYS))
             return [], ("group", f"{shown(name)} is not a field of the records of {where} (allowed: "
-                                 f"{cut(', '.join(fields))}){_did_you_mean(name, fields)}")
+                                 f"{cut(', '.join(fields))}){did_you_mean(name, fields)}")
         if missing:
             return [], ("group", f"{shown(name)} is missing (or null) in {len(missing):,} of {len(records):,} "
                                  f"records of {where}, e.g. record {shown(missing[0])}; every record needs a "
@@ -256,13 +256,6 @@ def key_values(records: Sequence[tasks.Record], rows: Sequence[Mapping[str, Any]
 
 def _as_key(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def group_numbers(keys: Sequence[Sequence[str]], texts: Sequence[str]) -> list[int]:

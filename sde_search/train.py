@@ -351,7 +351,7 @@ class EvalSet:
     split: str
     prompts: list[str]
     golds: list[dict[str, tuple[str, ...]]]
-    slots: list[tuple[str, ...] | None] | None = None  # per record: its own slot list (Record.slots), if any
+    slots: list[tuple[str, ...] | None]  # per record: its own slot list (Record.slots), or None
 
 
 def eval_set(task: Task, design: Design, split: str, limit: int | None, instruction: str | None = None) -> EvalSet:
@@ -424,8 +424,7 @@ def score_outputs(task: Task, design: Design, es: EvalSet, outputs: Sequence[str
     trivial answer's.
     """
     ood = es.split.endswith("_ood")
-    own = es.slots or [None] * len(outputs)
-    parsed: list[Parsed] = [parse(o, design, task, ood=ood, slots=s) for o, s in zip(outputs, own, strict=True)]
+    parsed: list[Parsed] = [parse(o, design, task, ood=ood, slots=s) for o, s in zip(outputs, es.slots, strict=True)]
     answers = [p.answer for p in parsed]
     n = len(es.golds)
     fixed = task.fixed_answer(es.split)

@@ -244,11 +244,11 @@ def reads_input(score: Scorer, golds: Sequence[Answer], runs: Sequence[Sequence[
         samples: Bootstrap samples.
         seed: Seed of the resampling.
     """
-    answers = {"fixed": fixed, "empty": empty}
-    trivial = {name: score(golds, metrics.same_answer(answer, golds)) for name, answer in answers.items()}
+    answers = {name: metrics.same_answer(answer, golds) for name, answer in (("fixed", fixed), ("empty", empty))}
+    trivial = {name: score(golds, given) for name, given in answers.items()}
     keys = [k for k in CHECKED if any(not math.isnan(float(t.get(k, math.nan))) for t in trivial.values())]
-    versus = {name: gain(score, golds, runs, [metrics.same_answer(answer, golds)], keys=keys, samples=samples,
-                         seed=seed, b_trained=False) for name, answer in answers.items()}
+    versus = {name: gain(score, golds, runs, [given], keys=keys, samples=samples, seed=seed, b_trained=False)
+              for name, given in answers.items()}
     margins = {key: min((v[key] for v in versus.values()), key=lambda m: -math.inf if math.isnan(m.low) else m.low)
                for key in keys}
     return ReadsInput(margins, {k: {m: float(v.get(m, math.nan)) for m in CHECKED} for k, v in trivial.items()})
