@@ -15,28 +15,29 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sde_search import preflight, render_check
+from sde_search import preflight, render_check, scaffold
 from sde_search.config import (
     ConfigError,
     SpaceConfig,
     Task,
+    builtin_spaces,
     check_compatible,
     check_design,
     codes_text,
+    find_space,
     load_space,
     load_task,
     read_yaml,
-    resolve_path,
 )
 from sde_search.design import DIMENSIONS, ES_SDE, PAPER_BASELINE, PRESETS, Design, parse_design
 from sde_search.render import parse, render
 from sde_search.tasks import clip
 
-COMMANDS = ("search", "train", "ui", "report", "export", "robust")
+COMMANDS = ("search", "train", "ui", "report", "export", "robust", "init")
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="Task YAML (see examples/demo_masa.yaml).")
+    p.add_argument("--task", required=True, help="Task YAML ('sde-search init masa' writes one to start from).")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a task key (e.g. train.lr=1.0e-3, data.root=/data); 'space.' prefix: a space key.")
 
@@ -63,6 +64,39 @@ def _port(text: str) -> int:
     return value
 
 
+def _starter(text: str) -> str:
+    """An argparse type: a starter kind of ``init`` (``masa``, ``ner``, ``events``) or a task type naming one."""
+    kind = scaffold.kind_of(text)
+    if kind is None:
+        names = [*scaffold.KINDS, *scaffold.ALIASES]
+        raise argparse.ArgumentTypeError(f"{clip(repr(text), 50)} is not a starter"
+                                         f"{preflight.did_you_mean(text, names)} (allowed: {', '.join(names)})")
+    return kind
+
+
+EPILOG = """\
+examples:
+  sde-search init masa my_task                  a starter task file and a small data sample in my_task/
+  sde-search --task my_task/task.yaml --check   validate it and print renders; trains nothing
+  sde-search train --task my_task/task.yaml     train and score one design (no Ray, no MLflow)
+  sde-search --task my_task/task.yaml           the search (Ray Tune + Optuna + ASHA, MLflow in ./runs)
+  sde-search ui                                 MLflow UI for ./runs
+  sde-search report RUN                         rebuild a finished search's report
+  sde-search --task examples/demo_masa.yaml     the demo search, in a clone of the repository
+  sde-search COMMAND --help                     the options of one command (search is the default)
+"""
+
+SEARCH_EPILOG = """\
+examples:
+  sde-search --task my_task/task.yaml --check
+  sde-search --task my_task/task.yaml --check --design output_format=json,reasoning=cot
+  sde-search --task my_task/task.yaml --space sde_core --set train.epochs=6 --set space.budget.num_samples=24
+  sde-search --task my_task/task.yaml --resume
+  sde-search --task examples/demo_masa.yaml     the demo search, in a clone of the repository
+(my_task/task.yaml: written by 'sde-search init masa my_task')
+"""
+
+
 def version_line() -> str:
     """``sde-search X (ray ..., optuna ..., ...)``, read from the installed metadata (nothing heavy is imported)."""
     from importlib import metadata
@@ -80,13 +114,16 @@ def version_line() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``search`` is the default command)."""
-    parser = argparse.ArgumentParser(prog="sde-search", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sde-search", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", "-V", action="version", version=version_line(),
                         help="Print the versions of sde-search and the libraries it runs on, then exit.")
     sub = parser.add_subparsers(dest="command")
-    s = sub.add_parser("search", help="Search sample designs (default command).")
+    s = sub.add_parser("search", help="Search sample designs (default command).", epilog=SEARCH_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_task_args(s)
-    s.add_argument("--space", help="Search-space YAML (default: the task's search_space).")
+    s.add_argument("--space", help=f"Search-space YAML, or a built-in space: {', '.join(builtin_spaces())} "
+                   "(default: the task's search_space).")
     s.add_argument("--check", action="store_true", help="Validate and print renders; train nothing.")
     s.add_argument("--design", action="append", default=[], help="Extra design to show with --check.")
     s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
@@ -129,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--runs-dir", default="runs", help="The runs folder whose mlflow.db to show (default: ./runs).")
     u.add_argument("--port", type=_port, default=5000, help="Port, 1 to 65535 (default: 5000).")
     u.add_argument("--host", default="127.0.0.1", help="Bind address (default: 127.0.0.1, this machine only).")
+    i = sub.add_parser("init", help="Write a commented starter task file and a small synthetic data sample.")
+    i.add_argument("kind", type=_starter, metavar="TYPE",
+                   help=f"The kind of task: {', '.join(scaffold.KINDS)} (or a task type: "
+                        f"{', '.join(scaffold.ALIASES)}).")
+    i.add_argument("dir", nargs="?", metavar="DIR", help="Folder to write task.yaml and data/ into; it may exist, "
+                   "but none of the files init writes may (default: ./TYPE_task).")
     return parser
 
 
@@ -149,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "ui":
             return _ui(args)
+        if args.command == "init":
+            return _init(args)
         if args.command in ("report", "export", "robust"):
             return _after_search(args)
     except ConfigError as exc:
@@ -186,9 +231,9 @@ def load_task_and_space(task_path: str, space_path: str | None, overrides: Seque
     if space_path is None:
         if task.config.search_space is None:
             raise ConfigError([f"{task.path}: search_space: no search space given (set it or pass --space)"])
-        resolved = resolve_path(task.path.parent / task.config.search_space)
+        resolved = find_space(task.config.search_space, task.path.parent, f"{task.path}: search_space")
     else:
-        resolved = resolve_path(space_path)
+        resolved = find_space(space_path, Path.cwd(), "--space")
     space = load_space(resolved, space_over)
     check_compatible(task, space, resolved, local=address is None, new_search=new_search)
     return task, space, resolved
@@ -243,6 +288,27 @@ def train_folder(task_name: str, runs_dir: Path = Path("runs")) -> Path:
     return path
 
 
+def _init(args: argparse.Namespace) -> int:
+    folder = Path(args.dir or f"{args.kind}_task")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError([f"{clip(str(folder))}: is a file, not a folder (name a new or existing folder)"])
+    try:
+        written = scaffold.write(args.kind, folder)
+    except FileExistsError as exc:
+        raise ConfigError([f"{clip(str(exc.filename))}: already exists; init never replaces a file (name another "
+                           "folder, or move the file away)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{clip(str(exc.filename or folder))}: cannot write the starter there "
+                           f"({exc.strerror or exc})"]) from None
+    task, *data = written
+    print(f"wrote {task} (a {args.kind} task; its comments say what to change) and {len(data)} data files in "
+          f"{task.parent / 'data'}: " + ", ".join(f"{p.name} {written[p]}" for p in data))
+    print("next:")
+    for step in ("--task {} --check", "train --task {}", "--task {}"):
+        print("  sde-search " + step.format(task))
+    return 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     db = (Path(args.runs_dir) / "mlflow.db").resolve()
     if not db.exists():
@@ -256,11 +322,23 @@ def _ui(args: argparse.Namespace) -> int:
         raise ConfigError([f"{db}: not an SQLite database (it does not start with 'SQLite format 3'); restore it or "
                            "pick another --runs-dir"])
     uri = f"sqlite:///{db}"
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger (PITFALLS 7)
+    from sde_search import tracking  # turns MLflow's telemetry off here too (unless the user set it)
+
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{args.port}"
+    print(f"MLflow UI for {uri} at {base}  (Ctrl-C stops it); the runs of each experiment:", flush=True)
+    for exp_id, name in tracking.experiments(uri):
+        print(f"  {name}: {tracking.runs_view_url(base, exp_id)}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    return run_server(cmd, env)
+    return run_server(cmd, ui_env(os.environ))
+
+
+def ui_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The MLflow server's environment: no job workers, telemetry off unless the user set it."""
+    env = {**environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger after SIGTERM
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a user's own value (false: on) is kept
+    return env
 
 
 def run_server(cmd: Sequence[str], env: Mapping[str, str], grace_s: float = 10.0) -> int:

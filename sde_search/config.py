@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sde_search import metrics, preflight, splits, tasks
 from sde_search.design import DIMENSIONS, PRESETS, Design
@@ -139,7 +139,12 @@ class TrainConfig(_Strict):
     lr: float = Field(3.0e-3, gt=0, le=1.0, description=(
         "AdamW learning rate, at most 1 (AdamW moves every weight by about lr per step, so more is a slip such as "
         "3.0e+3 for 3.0e-3; far more overflows the optimizer)."))
-    batch_size: int = Field(16, ge=1, description="Training batch size.")
+    batch_size: int = Field(16, ge=1, description=(
+        "Records per forward pass (the micro-batch); an optimizer step sees batch_size x grad_accum records."))
+    grad_accum: int = Field(1, ge=1, description=(
+        "Micro-batches whose gradients add up to one optimizer step (gradient accumulation): the effective batch "
+        "is batch_size x grad_accum records, memory follows batch_size alone. Steps, reports, ASHA progress and "
+        "the schedule count optimizer steps."))
     lora_rank: int = Field(8, ge=1, description="LoRA r.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
@@ -151,10 +156,40 @@ class TrainConfig(_Strict):
     repetition_penalty: float = Field(1.0, ge=1.0, description="Decoding penalty (paper: 1.1).")
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of weights, data order and LoRA init.")
     threads: int | None = Field(None, ge=1, description="torch threads (default: the trial's CPUs).")
+    warmup: float = Field(0.0, ge=0, description=(
+        "Learning-rate warmup, linear from 0 to lr: below 1 a fraction of the trial's optimizer steps (0.05: the "
+        "first 5 %, rounded up), 1 or more a whole number of optimizer steps; 0: none."))
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
+        "Learning rate after the warmup: constant, or a linear or cosine decay to 0 at the trial's last optimizer "
+        "step (transformers.get_scheduler)."))
+    max_grad_norm: float | None = Field(None, gt=0, description=(
+        "Clip the global L2 norm of the trainable weights' gradient to this value before each optimizer step; "
+        "null: no clipping."))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description=(
+        "Autocast of the training forward pass, on a GPU only: bf16, fp16 (with a gradient scaler) or fp32 (none); "
+        "auto: bf16 where the GPU supports it, else fp16. On CPU training is always fp32 (bf16/fp16 are then "
+        "ignored, with a log line). The weights keep model.dtype."))
+    grad_checkpointing: bool = Field(False, description=(
+        "Gradient (activation) checkpointing: recompute each layer's activations in the backward pass instead of "
+        "keeping them, for less memory at the cost of about one more forward pass per step."))
+    heartbeat_s: float = Field(60.0, ge=0, description=(
+        "Seconds between progress lines while a trial trains (step/total, loss, s/step); 0: none."))
+
+    @field_validator("warmup")
+    @classmethod
+    def _whole_warmup_steps(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError("1 or more counts optimizer steps and must be a whole number (below 1: a fraction of "
+                             "the trial's steps)")
+        return value
 
     def steps_per_epoch(self, records: int) -> int:
-        """Optimizer steps per pass over ``records`` training records (the last batch may be short)."""
-        return math.ceil(records / self.batch_size)
+        """Optimizer steps per pass over ``records`` training records (the last step may see fewer records)."""
+        return math.ceil(records / (self.batch_size * self.grad_accum))
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """``warmup`` in optimizer steps, for a trial of ``total_steps``."""
+        return int(self.warmup) if self.warmup >= 1 else math.ceil(self.warmup * total_steps)
 
 
 class MetricsConfig(_Strict):
@@ -201,7 +236,9 @@ class TaskConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     objective: Objective = Field("id", description="id | ood | mean | pareto.")
-    search_space: str | None = Field(None, description="Search-space YAML (relative to this file).")
+    search_space: str | None = Field(None, description=(
+        "A built-in search space by name (quick, sde_core, sde_full, sde_hparams, sde_chat) or a search-space "
+        "YAML, relative to this file."))
     metrics: MetricsConfig = MetricsConfig()
     tracking: TrackingConfig = TrackingConfig()
     plugins: list[str] = Field([], description="Modules to import (they may register task types).")
@@ -775,6 +812,66 @@ def _plugin_problem(name: str, cause: BaseException) -> str:
     return f"{what}; the module was found but raised while importing -- fix it or remove it from plugins"
 
 
+SPACES_PACKAGE = "sde_search.search_spaces"
+"""The package whose ``*.yaml`` files are the built-in search spaces (the repository's ``search_spaces/``)."""
+
+_SPACE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """The search spaces shipped with the package, by name (``quick`` -> its ``quick.yaml``), sorted.
+
+    They are found through the import system, so a wheel and an editable install read them alike. A source
+    tree imported without being installed has no such package; its ``search_spaces/`` folder serves instead.
+    """
+    spec = importlib.util.find_spec(SPACES_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        folders = [Path(p) for p in spec.submodule_search_locations]
+    else:
+        folders = [Path(__file__).resolve().parent.parent / "search_spaces"]
+    return {p.stem: p for p in sorted(f for folder in folders for f in folder.glob("*.yaml"))}
+
+
+def find_space(value: str, base: Path, where: str) -> Path:
+    """The search-space file that ``value`` names: a built-in space by name, else a path relative to ``base``.
+
+    A value made of letters, digits, ``_`` and ``-`` only (no folder, no ``.yaml``) is a name; write
+    ``./name`` for a file without a suffix.
+
+    Args:
+        value: ``search_space:`` of a task file, or ``--space``.
+        base: The folder a relative path starts from (the task file's folder, or the working directory).
+        where: What the messages name first, e.g. ``task.yaml: search_space``.
+
+    Returns:
+        The built-in space's file, or ``base / value`` made absolute (not checked: loading it reports a
+        missing file).
+
+    Raises:
+        ConfigError: A name that no built-in space has; the message lists the built-in names.
+    """
+    if not _SPACE_NAME.fullmatch(value):
+        return resolve_path(base / value)
+    spaces = builtin_spaces()
+    if value in spaces:
+        return spaces[value]
+    raise ConfigError([f"{where}: {preflight.shown(value)} is not a built-in search space"
+                       f"{preflight.did_you_mean(value, list(spaces))} (built-in: {', '.join(spaces) or 'none found'}; "
+                       "a file is named by its path, e.g. spaces/mine.yaml)"])
+
+
+def _space_problems(value: str, path: Path) -> list[str]:
+    """A task's ``search_space:`` that names no built-in space, or a file that is not there."""
+    try:
+        found = find_space(value, path.parent, f"{path}: search_space")
+    except ConfigError as exc:
+        return exc.problems
+    if not os.path.isfile(found):  # os.path: a name too long is just not found
+        return [f"{path}: search_space: file not found: {preflight.cut(str(found))} (a path is relative to the "
+                f"task file's folder; built-in spaces go by name: {', '.join(builtin_spaces())})"]
+    return []
+
+
 def _check_type(name: str, path: Path) -> list[str]:
     if name in tasks.TASK_TYPES:
         return []
@@ -830,11 +927,8 @@ def _check_task(config: TaskConfig, path: Path) -> list[str]:
         problems.append(f"{path}: metrics.kappa_weights: agreement weights must lie in [0, 1] with 1 on the "
                         f"diagonal (a label agrees fully with itself), got {preflight.cut(str(weights))}")
     problems.extend(_name_problems(config, kind, path))
-    space = config.search_space
-    if space is not None and not os.path.isfile(path.parent / space):  # os.path: a name too long is just not found
-        problems.append(f"{path}: search_space: file not found: "
-                        f"{preflight.cut(str(resolve_path(path.parent / space)))} "
-                        "(the path is relative to the task file's folder)")
+    if config.search_space is not None:
+        problems.extend(_space_problems(config.search_space, path))
     problems.extend(_source_problems(config, path))
     info, model_problems = model_info(config, path)
     problems.extend(model_problems)
@@ -1296,6 +1390,9 @@ def _train_value_problems(key: str, value: Any) -> list[str]:
             return [f"{key}: an integer hyper-parameter needs type: int (got type: float)"]
         if value.type == "int" and (value.low != int(value.low) or value.high != int(value.high)):
             return [f"{key}: an int range needs whole low/high (got {value.low}, {value.high})"]
+        if key == "warmup" and value.type == "float" and value.high >= 1:  # 1.5 would be neither fraction nor steps
+            return [f"{key}: a float range must stay below 1 (fractions of the trial's steps; got high "
+                    f"{value.high:g}); search whole steps with type: int"]
         probe = [value.low, value.high] if value.type == "float" else [int(value.low), int(value.high)]
     else:
         probe = _as_list(value)

@@ -94,17 +94,30 @@ def curves(rows: Sequence[TrialRow], metric: str, path: Path) -> Path:
 
 
 def optuna_html(study: object, folder: Path) -> list[Path]:
-    """Optuna's interactive plots (history, importances, slices) as standalone HTML files."""
+    """Optuna's interactive plots (history, importances, slices) in one standalone HTML file, ``optuna.html``.
+
+    plotly.js is embedded once (about 4.8 MB) rather than loaded from a sibling file: MLflow's artifact viewer
+    shows an HTML artifact on its own, without the files beside it, and a page that loads plotly.js from a CDN
+    would be blank offline. One file holding the three plots keeps the run folder the size it had with the
+    shared script. Returns ``[]`` when the study is too small for any of them.
+    """
     import optuna.visualization as vis
 
-    out = []
-    for name, make in (("history", vis.plot_optimization_history), ("importance", vis.plot_param_importances),
-                       ("slice", vis.plot_slice)):
+    parts = []
+    for title, make in (("Optimization history", vis.plot_optimization_history),
+                        ("Parameter importances", vis.plot_param_importances), ("Slices", vis.plot_slice)):
         try:
             fig = make(study)
         except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for this plot
             continue
-        path = folder / f"optuna_{name}.html"
-        fig.write_html(str(path), include_plotlyjs="directory")  # offline: one local plotly.min.js
-        out.append(path)
-    return out
+        parts.append(f"<h2>{title}</h2>\n" + fig.to_html(full_html=False, include_plotlyjs=not parts))
+    if not parts:
+        return []
+    stale = [folder / "plotly.min.js", *folder.glob("optuna_*.html")]  # the layout of earlier versions
+    for path in stale:
+        path.unlink(missing_ok=True)
+    path = folder / "optuna.html"
+    path.write_text('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Optuna study</title></head>\n'
+                    '<body style="font-family: sans-serif">\n' + "\n".join(parts) + "\n</body></html>\n",
+                    encoding="utf-8")
+    return [path]

@@ -614,6 +614,6 @@ def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metri
                                     "plots")], final, tags)
     _tracked("closing the parent run", tracking.close_parent, info)
     print("\n" + text)
-    print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: mlflow ui --backend-store-uri {info.tracking_uri} "
-          f"--host 127.0.0.1   (or: sde-search ui --runs-dir {run_dir.parent})")
+    print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: sde-search ui --runs-dir {run_dir.parent}   "
+          f"(it prints the address of the runs table; store: {info.tracking_uri})")
     return 0

@@ -15,14 +15,13 @@ import contextlib
 import gc
 import json
 import logging
-import numbers
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server costs seconds, not minutes
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow's usage telemetry stays off unless the user set the variable; read when mlflow is imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
@@ -59,7 +60,7 @@ from sde_search import resume, tracking  # noqa: E402
 from sde_search.pruner import EvidenceASHA  # noqa: E402
 from sde_search.sampler import DistinctSampler, optuna_space  # noqa: E402
 
-WORKER_ENV = ("SDE_FAULT", "SDE_FAULT_MARK", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE")
+WORKER_ENV = ("SDE_FAULT", "SDE_FAULT_MARK", "SDE_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE", tracking.TELEMETRY_ENV)
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,12 @@ def make_sampler(space: SpaceConfig, searched: Mapping[str, Any]) -> optuna.samp
 # ---------------------------------------------------------------- trainable
 
 
-def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads: int, metric: str) -> None:
-    """One Tune trial: fit() with Tune reporting and checkpoints (heavy imports happen here)."""
+def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads: int, metric: str,
+              heartbeats: str | None = None) -> None:
+    """One Tune trial: fit() with Tune reporting and checkpoints (heavy imports happen here).
+
+    ``heartbeats``: a folder where the trial's progress lines go (:class:`HeartbeatFile`), for the driver to show.
+    """
     from ray.tune import Checkpoint
 
     from sde_search import train
@@ -197,8 +202,9 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
         metrics = {**metrics, "asha_score": metrics[metric]}
         tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
 
-    train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
-              threads=threads)
+    with HeartbeatFile.installed(heartbeats, tune.get_context().get_trial_id()):
+        train.fit(task, design, hparams, report=report, checkpoint_dir=workdir, resume_from=resume_from,
+                  threads=threads)
 
 
 def _freeze_imports() -> None:
@@ -214,16 +220,66 @@ def _freeze_imports() -> None:
 # ---------------------------------------------------------------- progress
 
 
-class Progress(tune.Callback):
-    """Prints trial events and a status line; Ray's own output goes to ``ray.log``."""
+HEARTBEATS = "heartbeats"
+"""The run folder's folder of trial heartbeats, one ``<trial id>.json`` per trial (the latest line only)."""
 
-    def __init__(self, total: int, metric: str):
-        """Sets the number of trials and the metric shown."""
+
+class HeartbeatFile(logging.Handler):
+    """Writes the heartbeat a trial logs (``record.heartbeat``, see :class:`sde_search.steps.Heartbeat`) to a file.
+
+    Trials run in Ray workers whose output does not reach the terminal, so the worker writes each heartbeat
+    to the run folder (atomically) and the driver's :class:`Progress` shows the ones it has not shown yet.
+    """
+
+    def __init__(self, path: Path):
+        """Writes to ``path``; removes a heartbeat an earlier run of the same trial left there."""
+        super().__init__(logging.INFO)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+        beat = getattr(record, "heartbeat", None)
+        if beat is None:
+            return
+        with contextlib.suppress(OSError):  # a full disk must not fail the trial; the driver shows no heartbeat
+            resume.write_atomic(self.path, json.dumps(beat))
+
+    @classmethod
+    @contextlib.contextmanager
+    def installed(cls, folder: str | None, trial_id: str) -> Iterator[None]:
+        """Inside: the package's progress logs of this trial go to ``folder/<trial_id>.json`` (no folder: nowhere)."""
+        if folder is None:
+            yield
+            return
+        logger = logging.getLogger("sde_search")
+        handler, level = cls(Path(folder) / f"{trial_id}.json"), logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)  # a worker's loggers default to WARNING, which drops the heartbeat
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+class Progress(tune.Callback):
+    """Prints trial events, trial heartbeats and a status line; Ray's own output goes to ``ray.log``."""
+
+    POLL_S = 2.0  # how often the heartbeat files are read (the driver loop calls on_step_end about every 0.1 s)
+    # class defaults: a search resumed from a Tuner pickled by an older version restores a Progress without them
+    heartbeats: Path | None = None
+    polled = 0.0
+    beats: dict[str, float] | None = None  # trial id -> time of the heartbeat last shown
+
+    def __init__(self, total: int, metric: str, heartbeats: Path | None = None):
+        """Sets the number of trials, the metric shown and the folder trials write heartbeats to."""
         self.total, self.metric, self.t0 = total, metric, time.time()
         self.done = self.stopped = self.failed = 0
         self.best: tuple[float, str] | None = None
         self.running: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
+        self.heartbeats, self.beats = heartbeats, {}
 
     def _line(self, text: str) -> None:
         elapsed = time.time() - self.t0
@@ -232,6 +288,23 @@ class Progress(tune.Callback):
         best = f"best {self.best[0]:.3f} ({self.best[1]})" if self.best else "best -"
         print(f"[{elapsed / 60:5.1f} min] {text:<58} | {finished}/{self.total} done ({self.stopped} stopped early, "
               f"{self.failed} failed), {len(self.running)} running, {best}{eta}", flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102
+        now = time.time()
+        if self.heartbeats is None or now - self.polled < self.POLL_S:
+            return
+        self.polled = now
+        self.beats = self.beats if self.beats is not None else {}
+        for trial_id in sorted(self.running):
+            try:
+                beat = json.loads((self.heartbeats / f"{trial_id}.json").read_text())
+                if beat["time"] == self.beats.get(trial_id):
+                    continue
+                line = heartbeat_line(trial_id, beat)
+            except (OSError, ValueError, KeyError, TypeError):  # none yet, or not one this version wrote
+                continue
+            self.beats[trial_id] = beat["time"]
+            self._line(line)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
         self.running.add(trial.trial_id)
@@ -257,6 +330,12 @@ class Progress(tune.Callback):
         self.running.discard(trial.trial_id)
         self.failed += 1
         self._line(f"FAIL  {trial.trial_id}: see {trial.error_file or 'ray.log'}")
+
+
+def heartbeat_line(trial_id: str, beat: Mapping[str, Any]) -> str:
+    """A heartbeat as a progress line: ``beat  <id>: step 40/120, loss 1.234, 2.10 s/step``."""
+    return (f"beat  {trial_id}: step {int(beat['step'])}/{int(beat['total'])}, loss {float(beat['loss']):.3f}, "
+            f"{float(beat['s_per_step']):.2f} s/step")
 
 
 class FullBudgetOptunaSearch(OptunaSearch):
@@ -317,7 +396,11 @@ class FullBudgetOptunaSearch(OptunaSearch):
 
 
 class TrialTracker(MLflowLoggerCallback):
-    """``MLflowLoggerCallback`` that writes in batches and outlives its tracking server.
+    """``MLflowLoggerCallback`` naming runs by design, logging in batches and outliving its tracking server.
+
+    A trial's run is named by its design (:func:`tracking.run_name`; Ray's would be ``trainable_<id>``), with
+    the Tune trial id in the tag ``sde.trial_id`` and Ray's trial name in ``trial_name`` (what a resume matches
+    runs on). Its metrics are :func:`tracking.trial_metrics` of each report, at step = the report number.
 
     Ray's callback sends every metric of every report as its own ``log_metric`` call: with the sqlite store
     that is one transaction per key (about 45 per report), and profiling the driver showed it spending 16 s
@@ -330,10 +413,12 @@ class TrialTracker(MLflowLoggerCallback):
 
     _client: MlflowClient | None = None  # class defaults: a Tuner pickled by an older version has no such field
     _steps: dict[str, set[int]] | None = None  # run id -> steps already logged there
+    _fixed: Mapping[str, Any] | None = None  # the space's fixed params, which complete a trial's design
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        """Same arguments as ``MLflowLoggerCallback``."""
+    def __init__(self, *args: Any, fixed: Mapping[str, Any] | None = None, **kwargs: Any):
+        """Same arguments as ``MLflowLoggerCallback``, and the space's fixed params (``fixed``)."""
         super().__init__(*args, **kwargs)
+        self._fixed = dict(fixed or {})
         self.queue: collections.deque[tuple[Any, tuple]] = collections.deque()
         self.failing = False
 
@@ -385,8 +470,9 @@ class TrialTracker(MLflowLoggerCallback):
                 self._trial_runs[trial] = earlier
                 self.logged_steps()[earlier] = {m.step for m in self.client().get_metric_history(earlier, "progress")}
             else:
-                tags = {**self.tags, "trial_name": str(trial)}
-                self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=str(trial)).info.run_id
+                tags = {**self.tags, "trial_name": str(trial), "sde.trial_id": trial.trial_id}
+                name = tracking.run_name(trial.config, self._fixed or {})
+                self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=name).info.run_id
         self.client().log_batch(self._trial_runs[trial], params=params)
 
     def _earlier_run(self, name: str) -> str | None:
@@ -411,9 +497,9 @@ class TrialTracker(MLflowLoggerCallback):
         self._call(self._start, trial, [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()])
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
-        step = result.get("timesteps_total") or result["training_iteration"]
+        step = tracking.report_step(result)
         now = int(time.time() * 1000)  # when it was reported, even if it reaches MLflow later
-        self._call(self._result, trial, [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()])
+        self._call(self._result, trial, [Metric(k, v, now, step) for k, v in tracking.trial_metrics(result).items()])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
         self._call(super().log_trial_end, trial, failed)
@@ -422,14 +508,6 @@ class TrialTracker(MLflowLoggerCallback):
         if self.queue:
             print(f"warning: {len(self.queue)} tracking calls never reached MLflow (the server stayed away); "
                   "the run folder's trials.json and report.md have every result", file=sys.stderr, flush=True)
-
-
-def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The flattened numeric keys of a Tune result, as floats.
-
-    Ray's callback also parses strings, so that a trial id such as ``5e123456`` became the metric ``inf``.
-    """
-    return {k: float(v) for k, v in flatten_dict(dict(result)).items() if isinstance(v, numbers.Real)}
 
 
 # ---------------------------------------------------------------- run set-up
@@ -471,9 +549,16 @@ def start_parent(info_kw: dict[str, Any], task: Task, space: SpaceConfig, artifa
     """Creates the experiment (absolute artifact root) and the parent run; returns (experiment id, run id)."""
     client = MlflowClient(info_kw["tracking_uri"])
     exp = client.get_experiment_by_name(info_kw["experiment"])
+    kind = {"mlflow.experimentKind": tracking.EXPERIMENT_KIND}
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        info_kw["experiment"], artifact_location=artifact_root.resolve().as_uri())
-    run = client.create_run(exp_id, run_name=info_kw["name"], tags={"sde.kind": "search", "sde.task": task.config.name})
+        info_kw["experiment"], artifact_location=artifact_root.resolve().as_uri(), tags=kind)
+    if exp and "mlflow.experimentKind" not in exp.tags:
+        client.set_experiment_tag(exp_id, *next(iter(kind.items())))
+    note = (f"sde-search run {info_kw['name']} of task {task.config.name}: one nested run per trial, named by its "
+            f"design. score = {task.kind.score_key} on the ID eval set (score_ood: on OOD); step = report number; "
+            "optimizer_step = training steps so far. See docs/mlflow.md.")
+    run = client.create_run(exp_id, run_name=info_kw["name"], tags={"sde.kind": "search", "sde.task": task.config.name,
+                                                                     "mlflow.note.content": note})
     params = {"task": str(task.path), "space": info_kw["space_path"], "git_commit": git_commit(),
               "objective": task.config.objective, "space_size": space.size(),
               "num_samples": space.budget.num_samples, "max_concurrent": space.budget.max_concurrent,
@@ -704,12 +789,12 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
     reuse = (not gpu) if space.reuse_actors == "auto" else space.reuse_actors
     threads = max(1, int(space.resources.cpu))
     fn = tune.with_resources(tune.with_parameters(trainable, task=task, fixed=fixed, threads=threads,
-                                                             metric=metric),
+                                                  metric=metric, heartbeats=str(run_dir / HEARTBEATS)),
                              {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
     callbacks = [JsonLoggerCallback(),  # result.json per trial: the report's histories (other loggers stay off)
-                 TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment,
-                                      tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
-                 Progress(space.budget.num_samples, metric)]
+                 TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment, fixed=fixed,
+                              tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
+                 Progress(space.budget.num_samples, metric, run_dir / HEARTBEATS)]
     callbacks += [resume.ResultLog(run_dir), resume.StateKeeper(run_dir)]
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", resume.SNAPSHOT_PERIOD_S)  # read when the Tuner starts
     experiment_dir = run_dir / "tune"

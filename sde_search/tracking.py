@@ -2,21 +2,56 @@
 
 ``MLflowLoggerCallback`` writes each trial's metrics while Tune runs; this module does what it
 cannot: close runs a killed driver left RUNNING, merge the second run a resumed trial opens,
-tag runs with their design and budget, attach the report to the parent run.
+tag runs with their design and budget, attach the report to the parent run. It also decides what
+a trial run holds: its name (the design), its metrics (the project's own, under documented names,
+rounded; see docs/mlflow.md) and their step (the report number).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
+TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"
 
-from sde_search.analysis import TrialRow
+
+def telemetry_off(env: MutableMapping[str, str]) -> None:
+    """Turns MLflow's usage telemetry off in ``env`` unless the user set the variable (``false`` turns it on).
+
+    MLflow reads the variable when it is imported, so it must be set before the first ``import mlflow``.
+    """
+    env.setdefault(TELEMETRY_ENV, "true")
+
+
+telemetry_off(os.environ)  # before the import below: MLflow starts its telemetry client at import time
+
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from sde_search.analysis import TrialRow  # noqa: E402
+from sde_search.design import Design  # noqa: E402
+
+EXPERIMENT_KIND = "custom_model_development"
+"""The ``mlflow.experimentKind`` tag of an experiment a search creates: MLflow's UI then opens it on its runs
+table, not on the GenAI overview (which shows "No data" for training runs)."""
+
+RAY_KEYS = frozenset({
+    "training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip", "hostname", "pid",
+    "time_this_iter_s", "timestamp", "date", "time_since_restore", "timesteps_since_restore",
+    "iterations_since_restore", "config", "checkpoint_dir_name", "done", "should_checkpoint", "trial_id",
+    "experiment_tag", "episodes_this_iter", "timesteps_this_iter",
+    "asha_score",  # a copy of the searched metric that searches of older versions rank on
+})
+"""Keys Tune (or the search wiring) adds to every trial result; they describe Tune's bookkeeping, not the trial,
+and are kept out of MLflow."""
+
+RENAMED = {"step": "optimizer_step"}
+"""Result keys logged under another name: MLflow's own ``step`` axis is the report number."""
 
 if TYPE_CHECKING:
     from sde_search.search import RunInfo
@@ -69,24 +104,82 @@ def merge_duplicate_runs(info: RunInfo) -> int:
     return merged
 
 
+def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of one trial report as MLflow gets them: the project's numeric keys, renamed and rounded.
+
+    Tune's bookkeeping (:data:`RAY_KEYS`), nested values (``config``), strings and booleans are left out.
+    """
+    return {RENAMED.get(k, k): tidy(float(v)) for k, v in result.items()
+            if k not in RAY_KEYS and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
+def tidy(value: float) -> float:
+    """Rounds to 6 significant digits and to 1e-9, so that float noise (a kappa of 4.5e-16) shows as 0.
+
+    Whole numbers (token counts), NaN and infinities pass through.
+    """
+    if not math.isfinite(value) or value.is_integer():  # counts (tokens, steps) stay exact
+        return value + 0.0
+    return round(float(f"{value:.6g}"), 9) + 0.0  # + 0.0: no "-0"
+
+
+def report_step(result: Mapping[str, Any]) -> int | None:
+    """MLflow's step for a trial report: the report number (1, 2, ...), from the trial's own count.
+
+    The trial counts reports from its checkpoint, so a resumed trial goes on where it stopped; Tune's
+    ``training_iteration`` is the fallback for results without ``report``.
+    """
+    for key in ("report", "training_iteration"):
+        value = result.get(key)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return int(value)
+    return None
+
+
+def run_name(config: Mapping[str, Any], fixed: Mapping[str, Any]) -> str:
+    """A trial run's name: its design (``first/exclude/lines/placeholder/text/none``) and searched training values.
+
+    Args:
+        config: The trial's searched params (Tune's ``trial.config``).
+        fixed: The space's fixed params, which complete the design.
+    """
+    design = Design.from_params({**fixed, **config})
+    searched = [f"{k.removeprefix('train.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('train.')}={v}"
+                for k, v in sorted(config.items()) if k.startswith("train.")]
+    return " ".join([design.short(), *searched])
+
+
 def backfill(c: MlflowClient, run_id: str, results: Sequence[Mapping[str, Any]]) -> int:
     """Logs the Tune results (``result.json`` rows) a run lacks, by step; returns how many were added.
 
     A killed driver loses the results its tracking callback had not sent yet; the trial folder still has them.
+    They are logged as the callback logs them (:func:`trial_metrics`, step :func:`report_step`).
     """
     have = {m.step for m in c.get_metric_history(run_id, "progress")}
     added = 0
     for result in results:
-        step = result.get("timesteps_total") or result.get("training_iteration")
-        if not isinstance(step, int) or step in have:
+        step = report_step(result)
+        if step is None or step in have:
             continue
         now = int(result.get("timestamp", time.time()) * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "config"]
+        metrics = [Metric(k, v, now, step) for k, v in trial_metrics(result).items()]
         c.log_batch(run_id, metrics=metrics)
         have.add(step)
         added += 1
     return added
+
+
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """The (id, name) of each active experiment in a tracking store that holds runs (all of them if none does)."""
+    c = MlflowClient(uri)
+    found = [(e.experiment_id, e.name) for e in c.search_experiments()]
+    used = [(i, n) for i, n in found if c.search_runs([i], max_results=1)]
+    return sorted(used or found, key=lambda e: int(e[0]) if e[0].isdigit() else e[0])
+
+
+def runs_view_url(base: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table in MLflow's UI (3.x opens on its GenAI overview without it)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def tag_runs(info: RunInfo, rows: Sequence[TrialRow], winner: TrialRow | None) -> None:

@@ -15,6 +15,7 @@ import gc
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -30,11 +31,12 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sde_search import generations, metrics, verdicts
+from sde_search import generations, metrics, steps, verdicts
 from sde_search.config import ConfigError, ModelConfig, Task, TrainConfig, codes_text
 from sde_search.design import ES_SDE, PAPER_BASELINE, Design
 from sde_search.render import Parsed, Sample, parse, render
 
+log = logging.getLogger(__name__)
 Report = Callable[[dict[str, float], "str | None"], None]
 FAULT_ENV = "SDE_FAULT"  # tests inject: "raise@2", "raise_once@2", "nan@2", "oom@2", "hang_eval@2", "hang_ckpt@2"
 FAULT_MARK_ENV = "SDE_FAULT_MARK"  # a file the hang faults create when they start hanging
@@ -513,19 +515,35 @@ def fit(task: Task, design: Design, hparams: Mapping[str, Any] | None = None, *,
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)  # LoRA init and dropout of a loaded model (tiny re-seeds its weights itself)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = optimizer = None
+    model = stepper = None
     try:
         model, tokenizer, tiny = build_model(task, hp.seed)
+        if hp.grad_checkpointing:
+            steps.enable_grad_checkpointing(model)
         enc = [encode(render(r, design, task), tokenizer, design) for r in task.splits["train"]]
         model = add_lora(model, hp, tiny).to(device)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr)
-        return _train_loop(task, design, hp, model, optimizer, tokenizer, enc, device, report,
+        stepper = steps.Stepper(model, hp, hp.steps_per_epoch(len(enc)) * hp.epochs, device,
+                                _autocast_dtype(hp, device, len(enc)))
+        return _train_loop(task, design, hp, model, stepper, tokenizer, enc, device, report,
                            checkpoint_dir, resume_from, started)
     finally:
-        del model, optimizer
+        del model, stepper
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _autocast_dtype(hp: TrainConfig, device: torch.device, records: int) -> torch.dtype | None:
+    """The training autocast dtype; logs the settings a user may not get as written."""
+    dtype = steps.autocast_dtype(hp.precision, device)
+    if hp.precision in ("bf16", "fp16") and dtype is None:
+        log.warning("train.precision: %s autocast needs a GPU; this trial trains in fp32 on %s", hp.precision,
+                    device.type.upper())
+    total = hp.steps_per_epoch(records) * hp.epochs
+    if hp.warmup_steps(total) > total:
+        log.warning("train.warmup: %d steps, but the trial has only %d; the learning rate never reaches train.lr",
+                    hp.warmup_steps(total), total)
+    return dtype
 
 
 def max_new_tokens(task: Task, design: Design, hp: TrainConfig, tokenizer: Any) -> int:
@@ -537,34 +555,38 @@ def max_new_tokens(task: Task, design: Design, hp: TrainConfig, tokenizer: Any) 
     return int(max(len(tokenizer.encode(t, add_special_tokens=False)) for t in targets) * 1.25) + 8
 
 
-def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, optimizer: Any,
+def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Module, stepper: steps.Stepper,
                 tokenizer: Any, enc: Sequence[Encoded], device: torch.device, report: Report,
                 checkpoint_dir: str | None, resume_from: str | None, started: float) -> dict[str, float]:
+    """Optimizer steps of ``grad_accum`` micro-batches; steps, reports and ``progress`` count optimizer steps."""
     steps_per_epoch = hp.steps_per_epoch(len(enc))
+    per_step = hp.batch_size * hp.grad_accum  # records per optimizer step
     total_steps = steps_per_epoch * hp.epochs
     total_reports = hp.epochs * hp.reports_per_epoch
     report_steps = [round(total_steps * (k + 1) / total_reports) for k in range(total_reports)]
     step, train_s, gen_s, tokens, losses = 0, 0.0, 0.0, 0, []
     if resume_from:
-        step, train_s, gen_s, tokens, fit_before = _load_checkpoint(resume_from, model, optimizer)
+        step, train_s, gen_s, tokens, fit_before = _load_checkpoint(resume_from, model, stepper)
         started -= fit_before  # fit_s counts the checkpointed part too, as train_s and gen_s do
     max_new = max_new_tokens(task, design, hp, tokenizer)
+    heartbeat = steps.Heartbeat(hp.heartbeat_s, total_steps, step)
     last: dict[str, float] = {}
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         order = epoch_order(len(enc), hp.seed, epoch)
-        idx = order[offset * hp.batch_size:(offset + 1) * hp.batch_size]
-        batch = {k: v.to(device) for k, v in collate([enc[i] for i in idx], tokenizer.pad_token_id).items()}
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_s += time.perf_counter() - t0
-        tokens += int(batch["attention_mask"].sum())
-        losses.append(loss.item())
+        idx = order[offset * per_step:(offset + 1) * per_step]
+        batches = [{k: v.to(device) for k, v in collate([enc[i] for i in idx[j:j + hp.batch_size]],
+                                                         tokenizer.pad_token_id).items()}
+                   for j in range(0, len(idx), hp.batch_size)]
+        lr, t0 = stepper.lr, time.perf_counter()
+        loss = stepper.step(model, batches)
+        seconds = time.perf_counter() - t0
+        train_s += seconds
+        tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+        losses.append(loss)
         step += 1
+        heartbeat.tick(step, loss, seconds, lr)
         if step not in report_steps:
             continue
         k = report_steps.index(step) + 1
@@ -593,7 +615,7 @@ def _train_loop(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mod
             "fit_s": time.perf_counter() - started,  # seconds inside fit() (a resumed trial: all its parts)
         })
         losses = []
-        path = _save_checkpoint(checkpoint_dir, k, model, optimizer, step, train_s, gen_s, tokens, last["fit_s"])
+        path = _save_checkpoint(checkpoint_dir, k, model, stepper, step, train_s, gen_s, tokens, last["fit_s"])
         if path:  # what this report scored, to inspect or to score again offline
             (Path(path) / "generations.json").write_text(json.dumps(generations))
         if fault == "hang_ckpt":
@@ -635,23 +657,25 @@ def score_splits(task: Task, design: Design, hp: TrainConfig, model: torch.nn.Mo
     return out
 
 
-def _save_checkpoint(root: str | None, k: int, model: torch.nn.Module, optimizer: Any, step: int,
+def _save_checkpoint(root: str | None, k: int, model: torch.nn.Module, stepper: steps.Stepper, step: int,
                      train_s: float, gen_s: float, tokens: int, fit_s: float) -> str | None:
     if root is None:
         return None
     path = Path(root) / f"report-{k:04d}"
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step,
+    # stepper: optimizer, schedule and fp16 scaler, so that a resumed trial goes on with the same learning rate
+    torch.save({"adapter": get_peft_model_state_dict(model), **stepper.state_dict(), "step": step,
                 "train_s": train_s, "gen_s": gen_s, "tokens": tokens, "fit_s": fit_s,
                 "torch_rng": torch.get_rng_state()},
                path / "state.pt")
     return str(path)
 
 
-def _load_checkpoint(path: str, model: torch.nn.Module, optimizer: Any) -> tuple[int, float, float, int, float]:
+def _load_checkpoint(path: str, model: torch.nn.Module, stepper: steps.Stepper,
+                     ) -> tuple[int, float, float, int, float]:
     state = torch.load(Path(path) / "state.pt", weights_only=False)
     set_peft_model_state_dict(model, state["adapter"])
-    optimizer.load_state_dict(state["optimizer"])
+    stepper.load_state_dict(state)
     torch.set_rng_state(state["torch_rng"])
     return state["step"], state["train_s"], state["gen_s"], state["tokens"], state.get("fit_s", 0.0)
 
@@ -684,6 +708,7 @@ def main(task: Task, design: Design, *, out: str | Path, hparams: Mapping[str, A
     hp = resolve_hparams(task, hparams)
     print(f"training {design.short()} on {task.config.name}: {len(task.splits['train'])} records, "
           f"{hp.epochs} epochs, {hp.reports_per_epoch} reports/epoch, model {task.config.model.name}", flush=True)
+    print(optimizer_line(hp, len(task.splits["train"])), flush=True)
     if design.label_style == "number" and not task.kind.multi_valued:
         print(f"label codes: {codes_text(task.config.labels.numbers)}", flush=True)
     tests = [s for s in TEST_SPLITS if test and s in task.splits]
@@ -741,6 +766,24 @@ def main(task: Task, design: Design, *, out: str | Path, hparams: Mapping[str, A
         adapter = save_final_adapter(task, hparams, str(last), out / "adapter")
         print(f"adapter saved to {adapter} (peft format; load with PeftModel.from_pretrained)")
     return 0
+
+
+def optimizer_line(hp: TrainConfig, records: int, device: torch.device | None = None) -> str:
+    """The training switches in words: steps and batch, schedule, clipping, precision, checkpointing, heartbeat.
+
+    ``device``: where the trial trains (default: the GPU when there is one, as in :func:`fit`).
+    """
+    total = hp.steps_per_epoch(records) * hp.epochs
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = steps.autocast_dtype(hp.precision, device)
+    parts = [f"{total} optimizer steps of {hp.batch_size}" + (f" x {hp.grad_accum} accumulated" if hp.grad_accum > 1
+                                                               else "") + " records",
+             f"lr {hp.lr:g} {hp.schedule}" + (f" after {hp.warmup_steps(total)} warmup steps" if hp.warmup else ""),
+             f"gradient clipped at norm {hp.max_grad_norm:g}" if hp.max_grad_norm else "no clipping",
+             f"{str(dtype).removeprefix('torch.')} autocast" if dtype else f"fp32 on {device.type.upper()}"]
+    parts += ["gradient checkpointing"] if hp.grad_checkpointing else []
+    parts += [f"a progress line every {hp.heartbeat_s:g} s"] if hp.heartbeat_s else []
+    return ", ".join(parts)
 
 
 def _cells(m: Mapping[str, float], has_ood: bool) -> str:

@@ -450,7 +450,7 @@ FOUND: dict[str, tuple[str, Callable[[Any], Any], str]] = {
                            "tracking.uri: the folder /xxx"),
     # A path too long for the file system (or holding a NUL byte) raised OSError / ValueError:
     "model_name_huge": ("task.yaml", _put(("model", "name"), HUGE), "model.name: 'xxx"),
-    "search_space_huge": ("task.yaml", _put(("search_space",), HUGE), "search_space: file not found"),
+    "search_space_huge": ("task.yaml", _put(("search_space",), HUGE), "search_space: 'xxx"),  # a (long) name
     "search_space_nul": ("task.yaml", _put(("search_space",), "a\x00b.yaml"), "search_space: file not found"),
     "data_root_nul": ("task.yaml", _put(("data", "root"), "a\x00b"), "embedded null byte"),
     # Non-finite floats: resources.cpu .inf raised OverflowError; lr .inf was accepted:

@@ -55,6 +55,13 @@ def _check_invariants(runs: Path, name: str, n_trials: int):
         history = client.get_metric_history(c.info.run_id, "score")
         assert len(history) >= 1 and len({m.step for m in history}) == len(history)
         assert "format_error_rate" in c.data.metrics
+        # named by design, Tune's id in a tag, only the project's metrics (docs/mlflow.md), step = report number
+        assert c.info.run_name.split(" ")[0] == c.data.tags["design"]
+        assert c.data.tags["trial_name"] == f"trainable_{c.data.tags['sde.trial_id']}"
+        assert "optimizer_step" in c.data.metrics and not {"step", "pid", "done", "timestamp",
+                                                            "training_iteration"} & set(c.data.metrics)
+        assert sorted(m.step for m in history) == sorted(int(m.value) for m in
+                                                         client.get_metric_history(c.info.run_id, "report"))
         # No-inst prompts name no slots, so they get no OOD score when the OOD slots differ
         assert ("score_ood" in c.data.metrics) != c.data.tags["design"].startswith("none/")
     designs = {c.data.tags.get("design") for c in children}
@@ -263,12 +270,3 @@ def test_tracking_server_goes_away_and_every_listener_is_loopback(tmp_path):
     assert len(rows) == 6 and all(r["status"] in ("full", "stopped") for r in rows)  # no trial lost
     assert seen, "no listening sockets found"
     assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _, _ in seen), seen  # loopback only
-
-
-def test_trial_metrics_are_the_numeric_keys_only():
-    from sde_search.search import numeric_metrics
-
-    result = {"score": 0.5, "done": True, "training_iteration": 3, "trial_id": "5e123456", "date": "2026-12-01",
-              "config": {"design.output_format": "lines", "train.lr": 1e-3}}
-    assert numeric_metrics(result) == {"score": 0.5, "done": 1.0, "training_iteration": 3.0,
-                                       "config/train.lr": 1e-3}
