@@ -272,9 +272,14 @@ class Progress(tune.Callback):
     polled = 0.0
     beats: dict[str, float] | None = None  # trial id -> time of the heartbeat last shown
 
-    def __init__(self, total: int, metric: str, heartbeats: Path | None = None):
-        """Sets the number of trials, the metric shown and the folder trials write heartbeats to."""
+    def __init__(self, total: int, metric: str, heartbeats: Path | None = None,
+                 fixed: Mapping[str, Any] | None = None):
+        """Sets the trial count, the metric shown, the heartbeat folder and the space's fixed params.
+
+        The fixed params complete a trial's design in its start line (the trial's config holds only searched ones).
+        """
         self.total, self.metric, self.t0 = total, metric, time.time()
+        self.fixed = dict(fixed or {})
         self.done = self.stopped = self.failed = 0
         self.best: tuple[float, str] | None = None
         self.running: set[str] = set()
@@ -308,7 +313,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
         self.running.add(trial.trial_id)
-        self._line(f"start {trial.trial_id}: {Design.from_params(trial.config).short()}")
+        self._line(f"start {trial.trial_id}: {Design.from_params({**self.fixed, **trial.config}).short()}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # noqa: D102
         self.last[trial.trial_id] = result
@@ -794,7 +799,7 @@ def execute(task: Task, space: SpaceConfig, info: RunInfo, *, ray_init_s: float,
     callbacks = [JsonLoggerCallback(),  # result.json per trial: the report's histories (other loggers stay off)
                  TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment, fixed=fixed,
                               tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
-                 Progress(space.budget.num_samples, metric, run_dir / HEARTBEATS)]
+                 Progress(space.budget.num_samples, metric, run_dir / HEARTBEATS, fixed)]
     callbacks += [resume.ResultLog(run_dir), resume.StateKeeper(run_dir)]
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", resume.SNAPSHOT_PERIOD_S)  # read when the Tuner starts
     experiment_dir = run_dir / "tune"
