@@ -30,7 +30,7 @@ from sde_search import preflight
 from sde_search.config import OBJECTIVE_METRIC, ConfigError, SpaceConfig, Task, report_range
 from sde_search.design import PRESETS, Design
 
-# Before Ray is imported (PITFALLS 2): keep every listener on 127.0.0.1 and skip token auth.
+# Before Ray is imported, since Ray reads them once: keep every listener on 127.0.0.1 and skip token auth.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -346,7 +346,7 @@ def heartbeat_line(trial_id: str, beat: Mapping[str, Any]) -> str:
 class FullBudgetOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna an ASHA-stopped trial was PRUNED, not COMPLETE with a partial score.
 
-    Ray marks PRUNED only when no value came back (PITFALLS 3), so TPE would otherwise rank a design stopped
+    Ray's OptunaSearch marks PRUNED only when no value came back, so TPE would otherwise rank a design stopped
     at 2 of 12 reports as if that early score were final. Pruned trials keep their reported intermediate
     values, which TPE uses to rank them among the poor ones.
     """
@@ -529,7 +529,11 @@ def git_commit() -> str:
 
 
 def tracking_uri_for(runs_dir: Path, given: str | None, task: Task) -> str:
-    """``--tracking-uri``, else the task's, else an absolute sqlite file in the runs folder (PITFALLS 7)."""
+    """``--tracking-uri``, else the task's, else an absolute sqlite file in the runs folder.
+
+    Absolute: a relative ``sqlite:///`` URI resolves against each process's working folder (trials run in
+    per-trial folders), and without a URI MLflow picks a store by what the current folder holds.
+    """
     uri = given or task.config.tracking.uri
     return uri or f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
 
@@ -726,7 +730,10 @@ def _remove_new_run(run_dir: Path, info: RunInfo | None) -> None:
 
 
 def _record_ray_processes(run_dir: Path) -> None:
-    """Writes the PIDs of the Ray processes this driver started (PITFALLS 2), for a later --resume to stop."""
+    """Writes the PIDs of the Ray processes this driver started, for a later --resume to stop.
+
+    A SIGKILLed driver leaves Ray's gcs_server and raylet running; nothing else knows their PIDs.
+    """
     import psutil
 
     procs = [{"pid": p.pid, "created": p.create_time(), "name": p.name()}

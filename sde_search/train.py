@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,7 +281,11 @@ def add_lora(model: torch.nn.Module, hp: TrainConfig, tiny: bool) -> torch.nn.Mo
     config = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                         target_modules=hp.target_modules, task_type="CAUSAL_LM",
                         modules_to_save=["embed_tokens", "lm_head"] if tiny else None)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` while wrapping any model: a
+        # FutureWarning between those two libraries that the user can do nothing about, printed on every trial.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 # ---------------------------------------------------------------- data

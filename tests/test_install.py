@@ -1,4 +1,4 @@
-"""The install is the CPU build that the pins promise (PITFALLS: PyPI has no CPU-only torch)."""
+"""The install is the CPU build that the pins promise (PyPI has no CPU-only torch: it would fetch CUDA's)."""
 
 import importlib.metadata
 import os

@@ -106,7 +106,7 @@ KILLS = [("SIGINT", "hang_eval"), ("SIGKILL", "hang_ckpt")]
 def test_killed_driver_then_resume(tmp_path, sig, moment):
     """The driver alone gets SIGINT / SIGKILL while a trial evaluates or writes a checkpoint; --resume finishes.
 
-    SIGKILL leaves Ray's own processes alive (PITFALLS 2): the resume must stop them, found through the PIDs
+    SIGKILL leaves Ray's own processes (GCS, raylet, workers) alive: the resume must stop them, found through the PIDs
     this run recorded, and the search must end with every invariant.
     """
     runs, mark = tmp_path / "runs", tmp_path / "hanging"
