@@ -41,9 +41,9 @@ MARKERS = {  # the output line after which a moment has come (None: the process 
     "ray_start": None,
     "first_trial": re.compile(r"\] start "),
     "rung": re.compile(r"\] stop "),
-    "completion": re.compile(r"\] done "),
+    "completion": re.compile(r"\] (?:done|stop) "),  # a trial's end, at full budget or stopped by ASHA
     "seed_stage": re.compile(r"^seed stage: \d+ runs"),
-    "report": re.compile(r"^seed stage: (\d+)/\1 done"),
+    "report": re.compile(r"^seed stage: (?P<n>\d+)/(?P=n) done"),
 }
 DELAY_S = {"ray_start": (0.5, 6.0), "report": (0.0, 1.5)}  # others: (0, 4) s after their line
 
@@ -74,6 +74,18 @@ def plan(kills: int, seed: int) -> list[Kill]:
     return out
 
 
+def _at_or_after(moment: str) -> re.Pattern | None:
+    """The line of the moment or of any later one.
+
+    A resume that skips a moment (its trials all restored as finished, say) is then killed at the next one
+    instead of running to the end unkilled.
+    """
+    later = [MARKERS[m] for m in MOMENTS[MOMENTS.index(moment):]]
+    if later[0] is None:
+        return None
+    return re.compile("|".join(f"(?:{p.pattern})" for p in later), re.MULTILINE)
+
+
 def _watch(proc: subprocess.Popen, lines: list[str], seen: threading.Event, marker: re.Pattern | None) -> None:
     for line in proc.stdout:  # type: ignore[union-attr]
         lines.append(line)
@@ -88,7 +100,7 @@ def run_until(cmd: list[str], env: dict[str, str], cwd: Path, kill: Kill, timeou
                             start_new_session=True)
     lines: list[str] = []
     seen = threading.Event()
-    marker = MARKERS[kill.moment]
+    marker = _at_or_after(kill.moment)
     reader = threading.Thread(target=_watch, args=(proc, lines, seen, marker), daemon=True)
     reader.start()
     if marker is None:

@@ -320,7 +320,8 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
         self.running.discard(trial.trial_id)
-        result = self.last.get(trial.trial_id, {})
+        # a trial restored by --resume may finish without reporting in this process: Tune's own last result then
+        result = self.last.get(trial.trial_id) or getattr(trial, "last_result", None) or {}
         value, progress = result.get(self.metric, float("nan")), result.get("progress", 0.0)
         self.done += 1
         if progress < 1:
