@@ -27,15 +27,18 @@ check: install
 	$(VENV)/bin/sde-search --task examples/demo_masa.yaml --check
 
 model: install  ## convert the packaged SmolLM2-135M GGUF into the cache now (once; model.name: smollm2-135m)
-	$(PY) -c "from sde_search import config, train; \
-	train.build_model(config.load_task('examples/demo_masa.yaml', ['model.name=smollm2-135m']))"
+	$(PY) -c "from sde_search import config, model; \
+	model.build_model(config.load_task('examples/demo_masa.yaml', ['model.name=smollm2-135m']))"
 
-lint: install
+lint: install  ## ruff, and mypy on the core modules pyproject's [tool.mypy] lists
 	$(VENV)/bin/ruff check sde_search tests bench
+	$(VENV)/bin/mypy
 
-test: install  ## install, then lint and run every test (slow ones included)
+# Plain `pytest` skips the slow tests (pyproject's addopts); an explicit -m replaces that, so this runs all of them.
+test: install  ## install, then lint, type-check and run every test (slow ones included)
 	$(VENV)/bin/ruff check sde_search tests bench
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 # make notebook [RUN=runs/<name>]: JupyterLab on 127.0.0.1 with notebooks/analyse_search.ipynb (open the URL it
 # prints, token included). The run: RUN, else $SDE_RUN_DIR, else the newest finished run under ./runs; a relative

@@ -1,6 +1,6 @@
 """Orchestration overhead: the same designs trained by a bare loop, and by sde-search with 1 and 2 trials at once.
 
-(a) a sequential Python loop calling ``train.fit`` directly (no Ray, no MLflow, no Optuna);
+(a) a sequential Python loop calling ``trial.fit`` directly (no Ray, no MLflow, no Optuna);
 (b) ``sde-search`` with ``max_concurrent 1``; (c) ``sde-search`` with ``max_concurrent 2``.
 Same task, same budget, same designs (brute force over all 24 designs of ``quick.yaml``, ASHA off, so that every
 design trains to the end in all three). Prints (b)/(a), (c)/(a) and the orchestration share of (c): the part
@@ -43,9 +43,9 @@ def bare_loop(args: argparse.Namespace, root: Path, cache: Path) -> dict[str, fl
     """(a): every design of the space through ``fit`` in one process."""
     code = f"""
 import json, itertools, time
-from sde_search.cli import load_task_and_space
+from sde_search.config import load_task_and_space
 from sde_search.design import Design
-from sde_search import train
+from sde_search import trial
 t0 = time.perf_counter()
 task, space, _ = load_task_and_space({str(root / "examples" / "demo_masa.yaml")!r}, None,
                                      {task_overrides(args) + SPACE!r})
@@ -53,7 +53,7 @@ inside = 0.0
 choices = space.design_choices()
 for values in itertools.product(*choices.values()):
     t1 = time.perf_counter()
-    train.fit(task, Design(**dict(zip(choices, values))), None, report=lambda m, p: None, threads=1)
+    trial.fit(task, Design(**dict(zip(choices, values))), None, report=lambda m, p: None, threads=1)
     inside += time.perf_counter() - t1
 print(json.dumps({{"wall": time.perf_counter() - t0, "fit": inside}}))
 """

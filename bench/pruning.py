@@ -80,7 +80,7 @@ def rescore(designs: dict[str, Any], generations: dict[str, Any]) -> dict[str, A
 
     from sde_search.config import load_task
     from sde_search.design import Design
-    from sde_search.train import eval_set, score_outputs
+    from sde_search.scoring import eval_set, score_outputs
 
     task = load_task(TASK)
     names = [f.name for f in dataclasses.fields(Design)]
@@ -142,8 +142,7 @@ def replay(designs: dict[str, list[dict[str, float]]], grace: int | None, rf: in
     from sde_search.config import load_space, load_task
     from sde_search.design import Design
     from sde_search.pruner import decide
-    from sde_search.sampler import optuna_space
-    from sde_search.search import baseline_points, make_sampler
+    from sde_search.sampler import baseline_points, make_sampler, optuna_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(SPACE, [f"sampler.seed={seed}"])
@@ -188,7 +187,7 @@ def replay(designs: dict[str, list[dict[str, float]]], grace: int | None, rf: in
             if nxt["k"] < milestone or nxt["id"] in recorded:
                 continue
             if decide(recorded, nxt["id"], rung_value, evidence=float(result.get("measured", 1)) > 0,
-                      report=nxt["k"], milestone=milestone, rf=rf, defer_until=defer, margin=margin):
+                      at_report=nxt["k"], milestone=milestone, rf=rf, defer_until=defer, margin=margin):
                 study.tell(nxt["trial"], state=optuna.trial.TrialState.PRUNED)
                 stopped.append(nxt["design"])
                 running.remove(nxt)

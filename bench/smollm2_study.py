@@ -81,11 +81,10 @@ TEST_KEYS = ("score", "accuracy", "format_error_rate", "distinct_predictions", "
 
 def score_test(task: Any, design: Any, ckpt: str, threads: int, hparams: dict | None, folder: Path) -> dict:
     """A checkpoint on test_id: its scores and the paired bootstrap of its margin over the fixed answer."""
-    from sde_search import report
-    from sde_search import train as trainer
+    from sde_search import report, scoring
 
     texts: dict[str, list[str]] = {}
-    test = trainer.evaluate_checkpoint(task, design, hparams, ckpt, splits=("test_id",), threads=threads,
+    test = scoring.evaluate_checkpoint(task, design, hparams, ckpt, splits=("test_id",), threads=threads,
                                        outputs=texts)[0]
     report.save_outputs(folder / "outputs" / "design.test_id.jsonl", task, design, "test_id", texts["test_id"])
     diff = report.versus_fixed(task, folder, "design", "test_id")
@@ -95,14 +94,13 @@ def score_test(task: Any, design: Any, ckpt: str, threads: int, hparams: dict | 
 
 def regime_job(design: str, sets: list[str], threads: int, out: Path) -> dict:
     """Trains ``design`` (checkpoints in ``out``), then scores the last one on test_id against the fixed answer."""
-    from sde_search import config
-    from sde_search import train as trainer
+    from sde_search import config, trial
 
     task = config.load_task(ROOT / TASK, sets)
     d = parse_design(design)
     reports: list[dict] = []
     start = time.monotonic()
-    trainer.fit(task, d, None, report=lambda m, _p: reports.append({k: m[k] for k in KEEP if k in m}),
+    trial.fit(task, d, None, report=lambda m, _p: reports.append({k: m[k] for k in KEEP if k in m}),
                 checkpoint_dir=str(out), threads=threads)
     ckpt = str(sorted(out.glob("report-*"))[-1])
     return {"design": design, "sets": sets, "wall_s": time.monotonic() - start, "reports": reports,

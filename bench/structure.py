@@ -62,9 +62,8 @@ def _imports(name: str, path: Path, known: set[str]) -> tuple[set[str], set[str]
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 (deferred if inside else top).update(resolve(child))
-            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                walk(child, True)
-            elif isinstance(child, ast.If) and _is_type_checking(child):
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) or (
+                    isinstance(child, ast.If) and _is_type_checking(child)):
                 walk(child, True)
             else:
                 walk(child, inside)

@@ -33,9 +33,11 @@ from typing import Any
 import torch
 from results_md import RESULTS, machine, publish
 
-from sde_search import steps, train
+from sde_search import steps
+from sde_search.batches import Encoded, collate, encode, epoch_order
 from sde_search.config import Task, TrainConfig, load_task
 from sde_search.design import ES_SDE
+from sde_search.model import load_model, resolve_hparams
 from sde_search.render import render
 
 HERE = Path(__file__).resolve().parents[1]
@@ -61,12 +63,12 @@ TODAY = "today (loop before the switches)"
 Step = Callable[[list[int]], None]
 
 
-def today_step(model: torch.nn.Module, tokenizer: Any, enc: Sequence[train.Encoded], lr: float) -> Step:
+def today_step(model: torch.nn.Module, tokenizer: Any, enc: Sequence[Encoded], lr: float) -> Step:
     """The loop body before the switches (commit d2624fc): one batch, backward, AdamW step."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
     def step(idx: list[int]) -> None:
-        batch = train.collate([enc[i] for i in idx], tokenizer.pad_token_id)
+        batch = collate([enc[i] for i in idx], tokenizer.pad_token_id)
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -75,14 +77,14 @@ def today_step(model: torch.nn.Module, tokenizer: Any, enc: Sequence[train.Encod
     return step
 
 
-def switch_step(model: torch.nn.Module, tokenizer: Any, enc: Sequence[train.Encoded], hp: TrainConfig,
+def switch_step(model: torch.nn.Module, tokenizer: Any, enc: Sequence[Encoded], hp: TrainConfig,
                 total: int) -> Step:
     """The current loop body: micro-batches of ``hp.batch_size`` through :class:`steps.Stepper`."""
     stepper = steps.Stepper(model, hp, total, torch.device("cpu"), steps.autocast_dtype(hp.precision,
                                                                                        torch.device("cpu")))
 
     def step(idx: list[int]) -> None:
-        stepper.step(model, [train.collate([enc[i] for i in idx[j:j + hp.batch_size]], tokenizer.pad_token_id)
+        stepper.step(model, [collate([enc[i] for i in idx[j:j + hp.batch_size]], tokenizer.pad_token_id)
                              for j in range(0, len(idx), hp.batch_size)])
 
     return step
@@ -93,13 +95,10 @@ def build(task: Task, overrides: dict[str, Any] | None, total: int) -> tuple[Ste
     over = dict(overrides or {})
     if over.get("grad_accum", 1) > 1:
         over["batch_size"] = task.config.train.batch_size // over["grad_accum"]
-    hp = train.resolve_hparams(task, over)
+    hp = resolve_hparams(task, over)
     torch.manual_seed(hp.seed)
-    model, tokenizer, tiny = train.build_model(task, hp.seed)
-    if hp.grad_checkpointing:
-        steps.enable_grad_checkpointing(model)
-    enc = [train.encode(render(r, ES_SDE, task), tokenizer, ES_SDE) for r in task.splits["train"]]
-    model = train.add_lora(model, hp, tiny)
+    model, tokenizer = load_model(task, hp, grad_checkpointing=hp.grad_checkpointing)
+    enc = [encode(render(r, ES_SDE, task), tokenizer, ES_SDE) for r in task.splits["train"]]
     model.train()
     fn = today_step(model, tokenizer, enc, hp.lr) if overrides is None else switch_step(model, tokenizer, enc, hp,
                                                                                         total)
@@ -120,7 +119,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         settings[label] = (fn, hp)
     build_s = time.perf_counter() - t0
     batch = task.config.train.batch_size
-    order = train.epoch_order(len(lengths), task.config.train.seed, 0)
+    order = epoch_order(len(lengths), task.config.train.seed, 0)
 
     def records(i: int) -> list[int]:
         start = (i * batch) % len(order)

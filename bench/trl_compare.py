@@ -116,28 +116,27 @@ class Bench:
         """Loads the task, encodes the records, builds one LoRA model per engine."""
         import torch
 
-        from sde_search import steps, train
+        from sde_search import batches, steps
         from sde_search.config import load_task
         from sde_search.design import ES_SDE
+        from sde_search.model import load_model, resolve_hparams
         from sde_search.render import render
 
-        self.args, self.train, self.steps = args, train, steps
+        self.args, self.batches, self.steps = args, batches, steps
         self.task = load_task(DEMO, SETS)
-        self.hp = train.resolve_hparams(self.task, None)
+        self.hp = resolve_hparams(self.task, None)
         samples = [render(r, ES_SDE, self.task) for r in self.task.splits["train"]]
         self.records = len(samples)
-        self.order = train.epoch_order(len(samples), self.hp.seed, 0)
+        self.order = batches.epoch_order(len(samples), self.hp.seed, 0)
         self.models: dict[str, Any] = {}
         self.tokenizer: Any = None
         for engine in ENGINES:
             torch.manual_seed(self.hp.seed)
-            model, self.tokenizer, tiny = train.build_model(self.task, self.hp.seed)
-            if engine == "ours + grad_checkpointing":
-                steps.enable_grad_checkpointing(model)
-            model = train.add_lora(model, self.hp, tiny)
+            model, self.tokenizer = load_model(self.task, self.hp,
+                                               grad_checkpointing=engine == "ours + grad_checkpointing")
             model.train()
             self.models[engine] = model
-        self.enc = [train.encode(s, self.tokenizer, ES_SDE) for s in samples]
+        self.enc = [batches.encode(s, self.tokenizer, ES_SDE) for s in samples]
         self.samples = samples
         self.lengths: dict[str, list[int]] = {"ours": [], "trl": []}  # tokens of each record the trainers saw
         self.steppers = {e: steps.Stepper(self.models[e], self.hp, 10_000, torch.device("cpu"), None)
@@ -152,7 +151,7 @@ class Bench:
 
     def batch(self, step: int) -> dict[str, Any]:
         """Our collated batch of step ``step``."""
-        return self.train.collate([self.enc[i] for i in self.indices(step)], self.tokenizer.pad_token_id)
+        return self.batches.collate([self.enc[i] for i in self.indices(step)], self.tokenizer.pad_token_id)
 
     def run(self, engine: str, round_index: int) -> tuple[list[float], float]:
         """Times ``--steps`` steps of one engine; returns the times and the engine's step-1 loss."""

@@ -151,7 +151,7 @@ def _error(path: Path, problems: Sequence[str], fix: str) -> ConfigError:
     return ConfigError(lines)
 
 
-def read_json(path: Path, shape: type[dict] | type[list], fix: str) -> Any:
+def read_json(path: Path, shape: type[dict[str, Any]] | type[list[Any]], fix: str) -> Any:
     """The parsed content of a run-folder JSON file that must be a JSON object (``dict``) or list.
 
     Raises:
@@ -199,7 +199,8 @@ def _row_problems(item: Any, where: str) -> list[str]:
             Design.from_params(item["design"])
         except (ValueError, TypeError) as exc:
             problems.append(f"{where}.design: {str(exc)[:200]}")
-    for i, entry in enumerate(item.get("history") if isinstance(item.get("history"), list) else []):
+    history = item.get("history")
+    for i, entry in enumerate(history if isinstance(history, list) else []):
         if not isinstance(entry, dict):
             problems.append(f"{where}.history[{i}]: {kind_problem(entry, 'mapping')}")
             continue
@@ -209,7 +210,7 @@ def _row_problems(item: Any, where: str) -> list[str]:
 
 def read_summary(path: Path) -> dict[str, Any]:
     """Reads ``summary.json``, checking the keys the report and ``--warm-start`` read (raises ConfigError)."""
-    data = read_json(path, dict, SUMMARY_FIX)
+    data: dict[str, Any] = read_json(path, dict, SUMMARY_FIX)
     problems = field_problems(data, SUMMARY_FIELDS)
     metrics = sorted(set(OBJECTIVE_METRIC.values()), key=list(OBJECTIVE_METRIC.values()).index)
     if isinstance(data.get("metric"), str) and data["metric"] not in metrics:
@@ -223,7 +224,7 @@ def read_verdict(path: Path) -> dict[str, Any]:
     """Reads ``verdict.json`` (the seed stage's result); ``{}`` when there is none. Raises ConfigError."""
     if not path.exists():
         return {}
-    data = read_json(path, dict, VERDICT_FIX)
+    data: dict[str, Any] = read_json(path, dict, VERDICT_FIX)
     problems = field_problems(data, VERDICT_FIELDS)
     for key, check in (("candidates", _candidate_problems), ("gains", _gain_problems)):
         entries = data.get(key)
@@ -251,7 +252,8 @@ def _candidate_problems(entry: Mapping[str, Any], where: str) -> list[str]:
     problems = field_problems(entry, CANDIDATE_FIELDS, where)
     if isinstance(entry.get("roles"), list) and not all(isinstance(r, str) for r in entry["roles"]):
         problems.append(f"{where}.roles: expected a list of strings, got {shown(entry['roles'])}")
-    splits = entry.get("splits") if isinstance(entry.get("splits"), dict) else {}
+    splits = entry.get("splits")
+    splits = splits if isinstance(splits, dict) else {}
     for split, result in splits.items():
         at = f"{where}.splits.{split}"
         why = kind_problem(result, "mapping")
@@ -286,7 +288,7 @@ def read_run_info(folder: Path, fields: Mapping[str, str] = RUN_FIELDS) -> dict[
     Keys not named in ``fields`` are left as they are.
     """
     path = folder / "run.json"
-    data = read_json(path, dict, RUN_FIX)
+    data: dict[str, Any] = read_json(path, dict, RUN_FIX)
     overrides = data.get("overrides", [])
     problems = field_problems(data, {k: v for k, v in fields.items() if k != "overrides"})
     if "overrides" in fields and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
@@ -358,9 +360,9 @@ def _effects(points: Sequence[tuple[Design, float]]) -> list[Effect]:
         groups = {k: v for k, v in groups.items() if len(v) >= MIN_EFFECT_N}
         if len(groups) < 2:
             continue
-        for value, scores in sorted(groups.items(), key=lambda kv: -statistics.fmean(kv[1])):
+        for option, scores in sorted(groups.items(), key=lambda kv: -statistics.fmean(kv[1])):
             std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
-            effects.append(Effect(dim, value, statistics.fmean(scores), std, len(scores)))
+            effects.append(Effect(dim, option, statistics.fmean(scores), std, len(scores)))
     return effects
 
 

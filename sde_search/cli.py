@@ -7,30 +7,25 @@ traceback), 1 anything else. ``--check`` imports no torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from sde_search import preflight, render_check, scaffold
+from sde_search import cli_check, console, preflight, render_check, scaffold
 from sde_search.config import (
     ConfigError,
     SpaceConfig,
     Task,
     builtin_spaces,
-    check_compatible,
     check_design,
-    codes_text,
-    find_space,
-    load_space,
     load_task,
+    load_task_and_space,
     read_yaml,
+    split_overrides,
 )
-from sde_search.design import DIMENSIONS, ES_SDE, PAPER_BASELINE, PRESETS, Design, parse_design
-from sde_search.render import parse, render
+from sde_search.design import DESIGN_PREFIX, DIMENSIONS, ES_SDE, PAPER_BASELINE, PRESETS, Design, parse_design
 from sde_search.tasks import clip
 
 COMMANDS = ("search", "train", "ui", "report", "export", "robust", "init")
@@ -119,47 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-V", action="version", version=version_line(),
                         help="Print the versions of sde-search and the libraries it runs on, then exit.")
     sub = parser.add_subparsers(dest="command")
-    s = sub.add_parser("search", help="Search sample designs (default command).", epilog=SEARCH_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_task_args(s)
-    s.add_argument("--space", help=f"Search-space YAML, or a built-in space: {', '.join(builtin_spaces())} "
-                   "(default: the task's search_space).")
-    s.add_argument("--check", action="store_true", help="Validate and print renders; train nothing.")
-    s.add_argument("--design", action="append", default=[], help="Extra design to show with --check.")
-    s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
-                   help="Resume an interrupted search (default: the latest run of this task).")
-    s.add_argument("--address", help="Join an existing Ray cluster (default: a local Ray on 127.0.0.1).")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the run directory).")
-    s.add_argument("--name", help="Run name (default: <task>-<timestamp>).")
-    s.add_argument("--runs-dir", default="runs", help="Where run directories go (default: ./runs).")
-    s.add_argument("--warm-start", nargs="+", default=[], metavar="RUN",
-                   help="Enqueue the best designs of earlier searches (run names or folders) as first trials.")
-    t = sub.add_parser("train", help="Train and score one design, without Ray or MLflow.")
-    _add_task_args(t)
-    t.add_argument("--design", default="es_sde", help="Preset, key=value,... or a design YAML (default: es_sde).")
-    t.add_argument("--out", help="Folder for checkpoints, metrics.jsonl, the generations (outputs/design.<split>"
-                   ".jsonl: prompt, target, output, parsed answer per record) and, with --full, the final adapter "
-                   "(default: runs/train-<task>-<time>).")
-    t.add_argument("--test", action="store_true",
-                   help="Also score the test splits (test_id, test_ood when the task has them) once, from the last "
-                        "checkpoint: a 'test' row in the table, test_metrics.json and their generations.")
-    t.add_argument("--full", action="store_true",
-                   help="Final fine-tune: every training record (data.max_* ignored), full eval sets.")
-    r = sub.add_parser("report", help="Rebuild the report (markdown + plots) of a finished search.")
-    r.add_argument("run", help="Run name (under --runs-dir) or run folder.")
-    r.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    _search_args(sub.add_parser("search", help="Search sample designs (default command).", epilog=SEARCH_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter))
+    _train_args(sub.add_parser("train", help="Train and score one design, without Ray or MLflow."))
+    r = _run_args(sub.add_parser("report", help="Rebuild the report (markdown + plots) of a finished search."))
     r.add_argument("--rescore", action="store_true",
                    help="Score the winner, ES-SDE and the baseline on the test sets again (from their checkpoints; "
                         "a stopped preset is retrained), e.g. after that step failed.")
-    e = sub.add_parser("export", help="Write a design and the task's data rendered in it (JSONL).")
-    e.add_argument("run", help="Run name (under --runs-dir) or run folder.")
-    e.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    e = _run_args(sub.add_parser("export", help="Write a design and the task's data rendered in it (JSONL)."))
     e.add_argument("--design", help="Preset, key=value,... or design YAML (default: the run's best_design.yaml).")
     e.add_argument("--out", required=True, help="Output folder: new, or one without the files export writes "
                    "(export never replaces a file; there is no --force).")
-    b = sub.add_parser("robust", help="Re-score the top designs of a search under the paper's perturbations.")
-    b.add_argument("run", help="Run name (under --runs-dir) or run folder.")
-    b.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    b = _run_args(sub.add_parser("robust", help="Re-score the top designs of a search under the paper's "
+                                 "perturbations."))
     b.add_argument("--top", type=_count, default=3, help="How many designs, at least 1 (default: 3).")
     b.add_argument("--no-retrain", action="store_true", help="Skip the half-training-set retrain.")
     u = sub.add_parser("ui", help="Start the MLflow UI on 127.0.0.1 for the runs folder's store.")
@@ -175,23 +142,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _search_args(s: argparse.ArgumentParser) -> None:
+    """The options of ``search``."""
+    _add_task_args(s)
+    s.add_argument("--space", help=f"Search-space YAML, or a built-in space: {', '.join(builtin_spaces())} "
+                   "(default: the task's search_space).")
+    s.add_argument("--check", action="store_true", help="Validate and print renders; train nothing.")
+    s.add_argument("--design", action="append", default=[], help="Extra design to show with --check.")
+    s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
+                   help="Resume an interrupted search (default: the latest run of this task).")
+    s.add_argument("--address", help="Join an existing Ray cluster (default: a local Ray on 127.0.0.1).")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the run directory).")
+    s.add_argument("--name", help="Run name (default: <task>-<timestamp>).")
+    s.add_argument("--runs-dir", default="runs", help="Where run directories go (default: ./runs).")
+    s.add_argument("--warm-start", nargs="+", default=[], metavar="RUN",
+                   help="Enqueue the best designs of earlier searches (run names or folders) as first trials.")
+
+
+def _train_args(t: argparse.ArgumentParser) -> None:
+    """The options of ``train``."""
+    _add_task_args(t)
+    t.add_argument("--design", default="es_sde", help="Preset, key=value,... or a design YAML (default: es_sde).")
+    t.add_argument("--out", help="Folder for checkpoints, metrics.jsonl, the generations (outputs/design.<split>"
+                   ".jsonl: prompt, target, output, parsed answer per record) and, with --full, the final adapter "
+                   "(default: runs/train-<task>-<time>).")
+    t.add_argument("--test", action="store_true",
+                   help="Also score the test splits (test_id, test_ood when the task has them) once, from the last "
+                        "checkpoint: a 'test' row in the table, test_metrics.json and their generations.")
+    t.add_argument("--full", action="store_true",
+                   help="Final fine-tune: every training record (data.max_* ignored), full eval sets.")
+
+
+def _run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every command on a finished search shares (``report``, ``export``, ``robust``)."""
+    p.add_argument("run", help="Run name (under --runs-dir) or run folder.")
+    p.add_argument("--runs-dir", default="runs", help="Where run directories are (default: ./runs).")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sde-search`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "-V", "--version"):
         argv.insert(0, "search")
     args = build_parser().parse_args(argv)
-    _show_progress()
     if args.command is None:
         build_parser().print_help()
         return 0
+    with console.shown():  # library modules log; the user sees their records as plain lines
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs one parsed command; a user mistake is printed as ``error: ...`` lines and exit code 2."""
     try:
         if args.command == "search":
             return _search(args)
         if args.command == "train":
             return _train(args)
         if args.command == "ui":
-            return _ui(args)
+            from sde_search import cli_ui
+
+            return cli_ui.main(args.runs_dir, args.host, args.port)
         if args.command == "init":
             return _init(args)
         if args.command in ("report", "export", "robust"):
@@ -204,39 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 1
-
-
-def _show_progress() -> None:
-    """Library modules log their progress (the seed stage's runs, say); the command shows it on stdout."""
-    logger = logging.getLogger("sde_search")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    task = [o for o in overrides if not o.startswith("space.")]
-    space = [o.removeprefix("space.") for o in overrides if o.startswith("space.")]
-    return task, space
-
-
-def load_task_and_space(task_path: str, space_path: str | None, overrides: Sequence[str],
-                        address: str | None = None, new_search: bool = True) -> tuple[Task, SpaceConfig, Path]:
-    """Loads a task and its search space and cross-checks them (raises ConfigError)."""
-    task_over, space_over = _split_overrides(overrides)
-    task = load_task(task_path, task_over)
-    if space_path is None:
-        if task.config.search_space is None:
-            raise ConfigError([f"{task.path}: search_space: no search space given (set it or pass --space)"])
-        resolved = find_space(task.config.search_space, task.path.parent, f"{task.path}: search_space")
-    else:
-        resolved = find_space(space_path, Path.cwd(), "--space")
-    space = load_space(resolved, space_over)
-    check_compatible(task, space, resolved, local=address is None, new_search=new_search)
-    return task, space, resolved
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -255,16 +234,19 @@ def _search(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     if args.check:
-        print_check(task, space, space_path, extra, trip)
+        cli_check.print_check(task, space, space_path, extra, trip)
         return 0
     from sde_search import search  # heavy: Ray, MLflow
 
-    return search.run_search(task, space, space_path, args)
+    options = search.SearchOptions(runs_dir=Path(args.runs_dir), name=args.name, resume=args.resume,
+                                   address=args.address, tracking_uri=args.tracking_uri,
+                                   overrides=tuple(args.overrides), warm_start=tuple(args.warm_start))
+    return search.run_search(task, space, space_path, options)
 
 
 def _train(args: argparse.Namespace) -> int:
     full = ["data.max_train=null", "data.max_eval=null", "data.max_test=null"] if args.full else []
-    task = load_task(args.task, [*_split_overrides(args.overrides)[0], *full])
+    task = load_task(args.task, [*split_overrides(args.overrides)[0], *full])
     design = load_design(args.design)
     check_design(task, design, f"--design {args.design!r}")
     if args.test and not {"test_id", "test_ood"} & set(task.splits):
@@ -273,9 +255,9 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else train_folder(task.config.name)
     if out.exists() and not out.is_dir():
         raise ConfigError([f"--out {clip(str(out))}: is a file, not a folder (name a new or existing folder)"])
-    from sde_search import train  # heavy: torch, peft
+    from sde_search import cli_train  # heavy: torch, peft
 
-    return train.main(task, design, out=out, save_adapter=args.full, test=args.test)
+    return cli_train.main(task, design, out=out, save_adapter=args.full, test=args.test)
 
 
 def train_folder(task_name: str, runs_dir: Path = Path("runs")) -> Path:
@@ -309,73 +291,6 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ui(args: argparse.Namespace) -> int:
-    db = (Path(args.runs_dir) / "mlflow.db").resolve()
-    if not db.exists():
-        raise ConfigError([f"--runs-dir {args.runs_dir}: no mlflow.db there (run a search first)"])
-    if not db.is_file():
-        raise ConfigError([f"{db}: is a folder, not the MLflow store (an SQLite file); remove it or pick another "
-                           "--runs-dir"])
-    with open(db, "rb") as f:
-        head = f.read(16)
-    if head and head != b"SQLite format 3\x00":
-        raise ConfigError([f"{db}: not an SQLite database (it does not start with 'SQLite format 3'); restore it or "
-                           "pick another --runs-dir"])
-    uri = f"sqlite:///{db}"
-    from sde_search import tracking  # turns MLflow's telemetry off here too (unless the user set it)
-
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{args.port}"
-    print(f"MLflow UI for {uri} at {base}  (Ctrl-C stops it); the runs of each experiment:", flush=True)
-    for exp_id, name in tracking.experiments(uri):
-        print(f"  {name}: {tracking.runs_view_url(base, exp_id)}", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    return run_server(cmd, ui_env(os.environ))
-
-
-def ui_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The MLflow server's environment: no job workers, telemetry off unless the user set it."""
-    env = {**environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 huey workers linger after SIGTERM
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a user's own value (false: on) is kept
-    return env
-
-
-def run_server(cmd: Sequence[str], env: Mapping[str, str], grace_s: float = 10.0) -> int:
-    """Runs a server in its own process group until it exits or this process gets SIGINT, SIGTERM or SIGHUP.
-
-    The signal is passed on to the server's whole group (``mlflow ui`` starts worker processes of its own, which
-    a plain ``subprocess.call`` left running after a SIGTERM); after ``grace_s`` seconds they are killed.
-    """
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(list(cmd), env=dict(env), start_new_session=True)
-    stopped: list[float] = []  # when the first signal came
-
-    def stop(signum: int, frame: object) -> None:
-        stopped.append(time.monotonic())
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        while proc.poll() is None:
-            if stopped and time.monotonic() - stopped[0] > grace_s:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):  # workers the server left behind
-            os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if stopped:
-        print("MLflow UI stopped", flush=True)
-        return 0
-    return proc.returncode
-
-
 def run_folder(run: str, runs_dir: str) -> Path:
     """A finished or interrupted search's folder, by name under ``runs_dir`` or by path (raises ConfigError)."""
     for path in (Path(runs_dir) / run, Path(run)):
@@ -406,17 +321,21 @@ def _after_search(args: argparse.Namespace) -> int:
         if not args.rescore:  # --rescore writes verdict.json anew
             analysis.read_verdict(folder / "verdict.json")
     task, space = _run_task(folder, info)
-    from sde_search import report, search
+    from sde_search import report
 
     if args.command == "report":
-        if args.rescore:
-            report.rescore(folder, task, space)
+        if args.rescore:  # trains: the only path of this command that imports torch (and Ray, MLflow)
+            from sde_search import stages
+
+            stages.rescore(folder, task, space)
         print(report.build(folder, task, space))
         return 0
-    run_info = search.RunInfo.load(folder)
-    from sde_search import robust
+    from sde_search import stages
+    from sde_search.runfolder import RunInfo
 
-    print(robust.run(run_info, task, args.top, threads=max(1, int(space.resources.cpu)), retrain=not args.no_retrain))
+    run_info = RunInfo.load(folder)
+    print(stages.robust_checks(run_info, task, args.top, threads=max(1, int(space.resources.cpu)),
+                               retrain=not args.no_retrain))
     return 0
 
 
@@ -484,7 +403,7 @@ def design_from_yaml(data: dict, path: Path) -> Design:
         raise ConfigError([f"{path}: design: expected a mapping of dimension: value, got {clip(repr(block), 80)}"])
     problems = []
     for key, value in block.items():
-        name = str(key).removeprefix("design.")
+        name = str(key).removeprefix(DESIGN_PREFIX)
         if name not in DIMENSIONS:
             problems.append(f"{path}: design.{clip(name, 60)}: not a design dimension; allowed: "
                             f"{', '.join(DIMENSIONS)}")
@@ -493,45 +412,7 @@ def design_from_yaml(data: dict, path: Path) -> Design:
                             f"{', '.join(DIMENSIONS[name])}")
     if problems:
         raise ConfigError(problems)
-    return Design(**{str(k).removeprefix("design."): v for k, v in block.items()})
-
-
-def print_check(task: Task, space: SpaceConfig, space_path: Path, extra: Sequence[Design],
-                trip: render_check.RoundTrip | None = None) -> None:
-    """Prints what ``--check`` shows: counts, each split's source, space size, renders and their round trips."""
-    print(f"task {task.config.name} ({task.config.type}) from {task.path}")
-    print("data: " + ", ".join(f"{k} {len(v)}" for k, v in task.splits.items()))
-    print("splits:")
-    for split, source in task.sources.items():
-        print(f"  {split}: {source}")
-    print(f"slots: {', '.join(task.slots)}" + (f" | OOD slots: {', '.join(task.ood_slots)}"
-                                             if task.ood_slots != task.slots else ""))
-    if not task.kind.multi_valued and "number" in {*space.design_choices()["label_style"],
-                                                   *(d.label_style for d in extra)}:
-        print(f"label codes (label_style number; inferred where labels.numbers gives none): "
-              f"{codes_text(task.config.labels.numbers)}")
-    print(f"space {space_path.name}: {space.size()} designs; budget {space.budget.num_samples} trials, "
-          f"{space.budget.max_concurrent} at once; objective {task.config.objective}")
-    for note in [task.kappa_note(), *render_check.notes(task, space)]:
-        if note:
-            print(f"note: {note}")
-    for line in render_check.round_trip_lines(trip) if trip else []:  # every record of every split
-        print(line)
-    record = task.splits["train"][0]
-    designs = {"paper_baseline": PAPER_BASELINE, "es_sde": ES_SDE}
-    designs.update({d.short(): d for d in extra})
-    for name, design in designs.items():
-        sample = render(record, design, task)
-        parsed = parse(sample.target, design, task, slots=record.slots)
-        ok = parsed.answer == task.gold(record, "train") and not parsed.errors
-        lengths = [len((s.prompt + s.target).split()) for s in
-                   (render(r, design, task) for r in task.splits["train"][:50])]
-        print(f"\n== {name}: {design.short()}")
-        if design.prompt_template == "chat":
-            print("(prompt_template chat: the prompt below is wrapped in the model's chat template when trained)")
-        print(sample.prompt + sample.target)
-        print(f"-- round trip: {'ok' if ok else 'FAILED ' + str(parsed.errors)}; "
-              f"~{sum(lengths) / len(lengths):.0f} words per sample (max {max(lengths)}, first 50 records)")
+    return Design(**{str(k).removeprefix(DESIGN_PREFIX): v for k, v in block.items()})
 
 
 if __name__ == "__main__":

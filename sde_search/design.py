@@ -24,7 +24,10 @@ LabelStyle = Literal["text", "number"]
 Reasoning = Literal["none", "cot", "reverse_cot"]
 PromptTemplate = Literal["raw", "chat"]
 
-PARAM_PREFIX = "design."
+DESIGN_PREFIX = "design."
+"""Flat params (Optuna, Tune, MLflow) name a design dimension ``design.<dimension>``."""
+TRAIN_PREFIX = "train."
+"""... and a training value ``train.<key>`` (``train.lr``); the functions below are the only parsers of both."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +76,7 @@ class Design:
         Returns:
             The design, with defaults (ES-SDE) for dimensions not named.
         """
-        fields = {k[len(PARAM_PREFIX) :]: v for k, v in params.items() if k.startswith(PARAM_PREFIX)}
+        fields = dimensions_of(params)
         unknown = sorted(set(fields) - set(DIMENSIONS))
         if unknown:
             raise ValueError(f"unknown design dimension(s) {unknown}; allowed: {', '.join(DIMENSIONS)}")
@@ -81,7 +84,7 @@ class Design:
 
     def to_params(self) -> dict[str, str]:
         """Returns flat, Optuna-safe params, e.g. ``{"design.output_format": "lines", ...}``."""
-        return {PARAM_PREFIX + k: v for k, v in dataclasses.asdict(self).items()}
+        return {DESIGN_PREFIX + k: v for k, v in dataclasses.asdict(self).items()}
 
     def short(self) -> str:
         """A compact one-line label, e.g. ``first/exclude/lines/placeholder/text/none`` (``.../chat`` for chat)."""
@@ -92,6 +95,54 @@ class Design:
     def changes_from(self, other: Design) -> dict[str, str]:
         """The dimensions where this design differs from ``other`` (name -> this value)."""
         return {k: getattr(self, k) for k in DIMENSIONS if getattr(self, k) != getattr(other, k)}
+
+
+def design_param(dimension: str) -> str:
+    """The flat param name of a design dimension: ``output_format`` -> ``design.output_format``."""
+    return DESIGN_PREFIX + dimension
+
+
+def train_param(key: str) -> str:
+    """The flat param name of a training value: ``lr`` -> ``train.lr``."""
+    return TRAIN_PREFIX + key
+
+
+def dimensions_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The design values among flat params, unprefixed: ``{"design.reasoning": "cot"}`` -> ``{"reasoning": "cot"}``.
+
+    Args:
+        params: Flat params; keys without the ``design.`` prefix (training values, others) are ignored.
+    """
+    return {k[len(DESIGN_PREFIX):]: v for k, v in params.items() if k.startswith(DESIGN_PREFIX)}
+
+
+def hparams_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The training values among flat params, without their prefix: ``{"train.lr": 1e-3, ...}`` -> ``{"lr": 1e-3}``.
+
+    Args:
+        params: Flat params; keys without the ``train.`` prefix (design dimensions, others) are ignored.
+    """
+    return {k[len(TRAIN_PREFIX):]: v for k, v in params.items() if k.startswith(TRAIN_PREFIX)}
+
+
+def train_params(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Training values as flat params: ``{"lr": 1e-3}`` -> ``{"train.lr": 1e-3}`` (inverse of :func:`hparams_of`)."""
+    return {TRAIN_PREFIX + k: v for k, v in hparams.items()}
+
+
+def split_params(params: Mapping[str, Any]) -> tuple[Design, dict[str, Any]]:
+    """Flat params as a trial sees them: its design and its training values (unprefixed).
+
+    Args:
+        params: Flat params such as ``{"design.output_format": "json", "train.lr": 1e-3}``.
+
+    Returns:
+        ``(design, hparams)``; dimensions not named keep their ES-SDE default.
+
+    Raises:
+        ValueError: For an unknown design dimension or value.
+    """
+    return Design.from_params(params), hparams_of(params)
 
 
 def _dimensions() -> dict[str, tuple[str, ...]]:
@@ -117,7 +168,8 @@ PRESETS: dict[str, Design] = {"es_sde": ES_SDE, "paper_baseline": PAPER_BASELINE
 def all_designs(dimensions: tuple[str, ...] = PAPER_DIMENSIONS) -> Iterator[Design]:
     """Yields every combination of the paper's dimensions (216 designs), or of ``dimensions``."""
     for values in itertools.product(*(DIMENSIONS[d] for d in dimensions)):
-        yield Design(**dict(zip(dimensions, values, strict=True)))
+        fields: dict[str, Any] = dict(zip(dimensions, values, strict=True))
+        yield Design(**fields)
 
 
 def parse_design(spec: str) -> Design:
@@ -134,7 +186,7 @@ def parse_design(spec: str) -> Design:
     Raises:
         ValueError: For an unknown preset, dimension or value (the message lists what is allowed).
     """
-    base, fields = ES_SDE, {}
+    base, fields = ES_SDE, dict[str, Any]()
     for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
         if "=" not in part:
             if i > 0 or part not in PRESETS:
@@ -142,7 +194,7 @@ def parse_design(spec: str) -> Design:
             base = PRESETS[part]
             continue
         key, value = (s.strip() for s in part.split("=", 1))
-        key = key.removeprefix(PARAM_PREFIX)
+        key = key.removeprefix(DESIGN_PREFIX)
         if key not in DIMENSIONS:
             raise ValueError(f"design key {key!r}: allowed keys are {', '.join(DIMENSIONS)}")
         fields[key] = value

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from sde_search.config import ConfigError, Task
-from sde_search.design import Design
+from sde_search.design import Design, dimensions_of
 from sde_search.render import render
 
 SPLITS = {"train": "train.jsonl", "eval_id": "dev.jsonl", "eval_ood": "dev_ood.jsonl", "test_id": "test.jsonl",
@@ -43,7 +44,7 @@ def out_problems(out: Path) -> list[str]:
     return []
 
 
-def export(task: Task, design: Design, out: Path, train: dict | None = None) -> dict[str, int]:
+def export(task: Task, design: Design, out: Path, train: dict[str, Any] | None = None) -> dict[str, int]:
     """Writes ``design.yaml`` and one rendered JSONL per split present; returns lines written per file.
 
     Raises:
@@ -53,7 +54,7 @@ def export(task: Task, design: Design, out: Path, train: dict | None = None) -> 
     if problems:
         raise ConfigError(problems)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"design": {k.removeprefix("design."): v for k, v in design.to_params().items()},
+    spec = {"design": dimensions_of(design.to_params()),
             "task": task.config.name, "train": dict(train or {})}
     (out / "design.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     counts = {}

@@ -310,7 +310,7 @@ def parse_natural(text: str, design: Design, c: Codec) -> list[Piece]:
     unless they hold units). A joiner inside a quoted value is text.
     """
     joiner = re.compile(rf"{re.escape(natural_joiner(c).strip())}\s+")
-    pieces = []
+    pieces: list[Piece] = []
     for line in _lines(text):
         line = line.removesuffix(".")
         cuts = [(m.start(), m.end()) for m in joiner.finditer(_masked(line))]
@@ -438,11 +438,11 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False, slots: Se
         return Parsed(answer, ("empty",))
     first, _, rest = stripped.partition("\n")
     if _bare(first) == NOTHING:  # fine under omit; under placeholder every slot was owed
-        errors = ["trailing_text"] if rest.strip() else []
+        errors: list[str] = ["trailing_text"] if rest.strip() else []
         return Parsed(answer, tuple(errors + (["missing_slot"] if design.unmentioned == "placeholder" else [])))
     pieces = PARSERS[design.output_format](stripped, design, c)
     last = max((i for i, p in enumerate(pieces) if p.key is not None), default=len(pieces))
-    errors: list[str] = []
+    errors = []
     repaired, seen = False, set()
     for i, p in enumerate(pieces):
         if p.key is None:
@@ -455,7 +455,7 @@ def parse(text: str, design: Design, task: Task, *, ood: bool = False, slots: Se
             errors.append("check_error")
             pool = codec(task, design, ood=ood) if slots else None  # the split's slots, not all asked for
             extra = pool.read_key(p.key)[0] if pool else None
-            if extra is not None and extra not in answer:  # kept, so that scoring charges a rating nobody asked for
+            if pool and extra is not None and extra not in answer:  # kept: scoring charges a rating nobody asked for
                 answer[extra] = _read_values(p.values, pool)[0]
             continue
         values, kinds, fixed, trailing = _read_values(p.values, c)

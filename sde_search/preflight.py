@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlparse
 from sde_search.tasks import clip
 
 TINY_POSITIONS = 4096
-"""Positions of the ``tiny`` model (``max_position_embeddings`` of the LlamaConfig ``train.build_model`` builds)."""
+"""Positions of the ``tiny`` model (``max_position_embeddings`` of the LlamaConfig ``model.build_model`` builds)."""
 
 TINY_LORA_LEAVES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The linear layers of each tiny decoder layer: what LoRA can adapt (embeddings and lm_head are trained whole)."""

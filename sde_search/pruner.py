@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -24,7 +24,7 @@ EVIDENCE_KEY = "measured"
 """The trial metric that says whether a report's predictions measure anything (1) or not (0)."""
 
 
-def decide(recorded: MutableMapping[str, float], trial_id: str, value: float, *, evidence: bool, report: int,
+def decide(recorded: MutableMapping[str, float], trial_id: str, value: float, *, evidence: bool, at_report: int,
            milestone: int, rf: float, defer_until: int, margin: float = 0.0) -> bool:
     """One rung decision; returns True to stop the trial, and records its value at the rung when it counts.
 
@@ -33,7 +33,7 @@ def decide(recorded: MutableMapping[str, float], trial_id: str, value: float, *,
         trial_id: The trial.
         value: Its score at this report.
         evidence: Whether the report measured anything (not a constant answer or all format errors).
-        report: The report number.
+        at_report: The number of the report the value comes from.
         milestone: The rung's report number; a deferred trial judged at a later report is compared with the
             rung's values but not recorded there (its score comes from more training than theirs).
         rf: ASHA's reduction factor.
@@ -41,10 +41,10 @@ def decide(recorded: MutableMapping[str, float], trial_id: str, value: float, *,
         margin: A trial is cut only when it is more than this below the rung's cutoff (rung scores come from a
             small eval subset: a gap smaller than their noise is no evidence either).
     """
-    if not evidence and report < defer_until:
+    if not evidence and at_report < defer_until:
         return False
     stop = bool(recorded) and value < _cutoff(list(recorded.values()), rf) - margin
-    if report == milestone and not math.isnan(value):
+    if at_report == milestone and not math.isnan(value):
         recorded[trial_id] = value
     return stop
 
@@ -84,28 +84,29 @@ class EvidenceASHA(ASHAScheduler):
         self._rung_value = rung_value
         self._best: dict[str, float] = {}
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:  # noqa: D102
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:  # noqa: D102
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
-        report = int(result[self._time_attr])
-        if report >= self._max_t and self._stop_last_trials:
+        at_report = int(result[self._time_attr])
+        if at_report >= self._max_t and self._stop_last_trials:
             return TrialScheduler.STOP
         bracket = self._trial_info[trial.trial_id]
-        value = self._metric_op * float(result[self._metric])
+        # Ray sets the metric and its sign before any result arrives; the attributes are typed optional.
+        value = cast(float, self._metric_op) * float(result[cast(str, self._metric)])
         if self._rung_value == "best" and not math.isnan(value):  # best so far: one noisy dip is no evidence
             value = self._best[trial.trial_id] = max(value, self._best.get(trial.trial_id, -math.inf))
         evidence = all(float(result.get(key, 1.0)) > 0 for key in self._evidence_keys)
         for milestone, recorded in bracket._rungs:  # descending milestones, as Ray's _Bracket.on_result
-            if report < milestone or trial.trial_id in recorded:
+            if at_report < milestone or trial.trial_id in recorded:
                 continue
-            if decide(recorded, trial.trial_id, value, evidence=evidence, report=report, milestone=milestone,
+            if decide(recorded, trial.trial_id, value, evidence=evidence, at_report=at_report, milestone=milestone,
                       rf=bracket.rf, defer_until=self._defer_until, margin=self._margin):
                 self._num_stopped += 1
                 return TrialScheduler.STOP
             break
         return TrialScheduler.CONTINUE
 
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:  # noqa: D102
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:  # noqa: D102
         # Ray's ASHA writes a finished trial's last value into the highest rung it has not recorded at; a
         # deferred trial's value would then land in a rung it never qualified at, with more training than the
         # others there. Only the trial's bookkeeping goes.

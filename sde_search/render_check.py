@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sde_search import preflight
 from sde_search.config import SpaceConfig, Task, model_info
@@ -29,7 +30,8 @@ so the round trip reads each record once per layout, not once per design."""
 def space_designs(space: SpaceConfig, extra: Sequence[Design] = ()) -> list[Design]:
     """Every design of the space, then the extra ones, without repeats."""
     choices = space.design_choices()
-    designs = [Design(**dict(zip(DIMENSIONS, combo, strict=True))) for combo in itertools.product(*choices.values())]
+    designs = [Design(**dict[str, Any](zip(DIMENSIONS, combo, strict=True)))
+               for combo in itertools.product(*choices.values())]
     return list(dict.fromkeys([*designs, *extra]))
 
 
@@ -56,7 +58,7 @@ def notes(task: Task, space: SpaceConfig) -> list[str]:
         out.append(f"labels.ood_slots share {preflight.cut(str(shared))} with labels.slots: those slots are "
                    "in-domain, so the OOD score partly measures in-domain slots")
     out.extend(length_findings(task, space_designs(space))[1])
-    searched = space.train.get("target_modules")
+    searched: Any = space.train.get("target_modules")
     targets = [task.config.train.target_modules,
                *(searched if isinstance(searched, list) else [] if searched is None else [searched])]
     if any(t != "all-linear" for t in targets):

@@ -1,4 +1,4 @@
-"""From a finished search to a decision: the seed stage, the verdict, the report, plots.
+"""The report of a finished search: ``report.md``, ``trials.csv``, ``best_design.yaml`` and ``plots/``.
 
 Selection vs reporting: trials are compared on ``eval_*``, and only full-budget trials count (a stopped
 trial's partial score is never a final one). The best few designs, ES-SDE and the paper's baseline then go
@@ -7,7 +7,9 @@ eval score among designs that read the input, and judged on ``test_*``, which th
 intervals over test records and seeds together (:mod:`sde_search.verdicts`).
 
 A run folder holds everything the report needs (``trials.json``, ``verdict.json``, ``summary.json``,
-``seeds/``, ``outputs/``), so ``sde-search report RUN`` rebuilds it without Ray or training.
+``seeds/``, ``outputs/``), so ``sde-search report RUN`` rebuilds it without Ray, MLflow, torch or training:
+this module reads files and writes markdown, tables and figures, and nothing it imports trains or tracks
+(the stages that train or score, and MLflow, are :mod:`sde_search.stages` and :mod:`sde_search.tracking`).
 """
 
 from __future__ import annotations
@@ -15,64 +17,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from sde_search import analysis, generations, metrics, plots, seeds, tracking, verdicts
+from sde_search import analysis, generations, metrics, plots, seeds, verdicts
 from sde_search.analysis import TrialRow
-from sde_search.config import OBJECTIVE_METRIC, SpaceConfig, Task
-from sde_search.design import Design
+from sde_search.config import SpaceConfig, Task
+from sde_search.design import Design, dimensions_of, train_params
 from sde_search.render import render
-from sde_search.sampler import optuna_space
-
-if TYPE_CHECKING:
-    from sde_search.search import RunInfo
-
-HISTORY_KEYS = ("report", "step", "score", "score_ood", "format_error_rate", "train_loss", "accuracy",
-                "accuracy_fixed", "baseline_fixed", "distinct_predictions", "measured")
-
-
-# ---------------------------------------------------------------- from Tune to rows
-
-
-def collect(results: Any, fixed: Mapping[str, Any]) -> list[TrialRow]:
-    """Turns a Tune ``ResultGrid`` into rows (full / stopped by ASHA / failed) with their report history."""
-    rows = []
-    for r in results:
-        metrics = {k: v for k, v in (r.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
-        config = {**fixed, **(r.config or {})}
-        hparams = {k[len("train."):]: v for k, v in config.items() if k.startswith("train.")}
-        trial_id = metrics.get("trial_id") or Path(r.path).name
-        status = "failed" if r.error is not None else ("full" if metrics.get("progress", 0) >= 1 else "stopped")
-        ckpt = r.checkpoint.path if r.checkpoint is not None else None
-        rows.append(TrialRow(str(trial_id), Design.from_params(config), hparams, status, metrics,
-                             history=_history(r), error=_error_text(r.error), checkpoint=ckpt))
-    return rows
-
-
-def _history(result: Any) -> list[dict[str, float]]:
-    frame = result.metrics_dataframe
-    if frame is None or frame.empty:
-        return []
-    cols = [c for c in HISTORY_KEYS if c in frame.columns]
-    rows = [{k: float(v) for k, v in row.items() if v == v} for row in frame[cols].to_dict("records")]
-    # A trial resumed from a checkpoint reports again the steps after it: its last report of each step counts.
-    by_report = {row.get("report", i): row for i, row in enumerate(rows)}
-    return sorted(by_report.values(), key=lambda r: r.get("report", 0))
-
-
-def _error_text(error: Any) -> str:
-    if error is None:
-        return ""
-    lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+from sde_search.runfolder import summary_of, update_summary
 
 
 def pick_winner(rows: Sequence[TrialRow], metric: str) -> TrialRow | None:
@@ -86,84 +42,12 @@ def pick_winner(rows: Sequence[TrialRow], metric: str) -> TrialRow | None:
     return max(full, key=lambda r: (round(r.value(metric), 6), -r.value("train_s")))
 
 
-# ---------------------------------------------------------------- the seed stage and held-out test sets
-
-
-def final_stage(task: Task, space: SpaceConfig, rows: Sequence[TrialRow], best: TrialRow | None, run_dir: Path,
-                *, workers: int, threads: int, redo: bool = False) -> dict[str, Any]:
-    """Runs the seed stage (:mod:`sde_search.seeds`), writes ``verdict.json`` and the winner's ``outputs/``.
-
-    Args:
-        task: The loaded task.
-        space: The search space (``budget.seeds``, ``budget.seed_top``).
-        rows: The search's trials.
-        best: The best full-budget trial: its hyper-parameters are every candidate's.
-        run_dir: The run folder.
-        workers: Runs trained at once.
-        threads: torch threads per run.
-        redo: Score every run again (``report --rescore``), instead of keeping finished ones.
-    """
-    folder = run_dir / "seeds"
-    if redo:
-        shutil.rmtree(folder, ignore_errors=True)
-    cands = seeds.candidates(rows, OBJECTIVE_METRIC[task.config.objective], space.budget.seed_top)
-    fixed = {k.removeprefix("train."): v for k, v in optuna_space(space)[1].items() if k.startswith("train.")}
-    hparams = {**fixed, **best.hparams} if best else fixed
-    jobs = seeds.plan(task, cands, hparams, space.budget.seeds, folder)
-    results = seeds.run(task, jobs, workers=workers, threads=threads)
-    verdict = seeds.judge(task, cands, results, jobs, objective=task.config.objective)
-    verdict.update(hparams=hparams, seeds=space.budget.seeds)
-    (run_dir / "verdict.json").write_text(json.dumps(verdict, indent=1))
-    save_stage_outputs(run_dir / "outputs", task, verdict, cands, results, jobs)
-    return verdict
+# ---------------------------------------------------------------- generations on the held-out test sets
 
 
 def save_outputs(path: Path, task: Task, design: Design, split: str, texts: Sequence[str]) -> None:
     """One JSON line per record (:mod:`sde_search.generations`): id, gold, prompt, target, output, parse, errors."""
     generations.write(path, task, design, split, texts)
-
-
-def save_stage_outputs(folder: Path, task: Task, verdict: Mapping[str, Any], cands: Sequence[seeds.Candidate],
-                 results: Mapping[Path, Mapping[str, Any]], jobs: Sequence[seeds.Job]) -> None:
-    """``outputs/<role>.<split>.jsonl`` (winner, es_sde, paper_baseline; first seed): gold, generation, parse."""
-    shutil.rmtree(folder, ignore_errors=True)
-    for cand in cands:
-        roles = [r for r in cand.roles if r in ("es_sde", "paper_baseline")]
-        if cand.design.short() == verdict.get("winner"):
-            roles.append("winner")
-        run = next((results[j.path] for j in jobs if j.design == cand.design and j.path in results), None)
-        for role in roles if run else ():
-            for split, data in run["splits"].items():
-                generations.write(folder / f"{role}.{split}.jsonl", task, cand.design, split,
-                                  [r["output"] for r in data["records"]])
-
-
-def rescore(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
-    """``sde-search report RUN --rescore``: the seed stage again, every run trained and scored anew.
-
-    Nothing else runs then, so on CPU it uses every core (one run per core); on a GPU one run at a time.
-    """
-    rows = analysis.load_rows(run_dir / "trials.json")
-    summary = summary_of(run_dir, task, space)
-    best = pick_winner(rows, summary["metric"])
-    workers = 1 if space.resources.gpu else max(1, os.cpu_count() or 1)
-    verdict = final_stage(task, space, rows, best, run_dir, workers=workers, threads=1, redo=True)
-    _update_summary(run_dir, rows, verdict)
-    return verdict
-
-
-def _update_summary(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, Any]) -> dict[str, Any]:
-    """Writes the verdict's headline, winner and its trial into ``summary.json``."""
-    path = run_dir / "summary.json"
-    summary = analysis.read_summary(path)
-    design = verdict.get("winner_design")
-    trial = next((r for r in analysis.full_budget(rows, summary["metric"])
-                  if design and r.design == Design.from_params(design)), None)
-    summary.update(winner=trial.trial_id if trial else None, winner_design=design,
-                   reads_input=bool(verdict.get("reads_input")), headline=verdict.get("headline", ""),
-                   real_gains=[f"{g['vs']} {g['split']}" for g in verdict.get("gains", []) if g.get("real")])
-    path.write_text(json.dumps(summary, indent=1))
-    return summary
 
 
 def versus_fixed(task: Task, run_dir: Path, a: str, split: str) -> verdicts.Interval | None:
@@ -186,12 +70,19 @@ def importances(rows: Sequence[TrialRow], space: SpaceConfig, metric: str) -> tu
     A trial whose values the space no longer holds (its file was edited after the search) cannot be placed in
     the study and is left out; the report counts them.
     """
-    import optuna
+    import optuna  # not at module level: the report's other sections do without it
+
+    from sde_search.sampler import optuna_space
 
     searched, _ = optuna_space(space)
-    study = optuna.create_study(direction="maximize")
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line on the new in-memory study is noise here
+    try:
+        study = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(level)
     for r in analysis.full_budget(rows, metric):
-        params = {**r.design.to_params(), **{f"train.{k}": v for k, v in r.hparams.items()}}
+        params = {**r.design.to_params(), **train_params(r.hparams)}
         if not set(searched) <= set(params):
             continue
         try:
@@ -394,27 +285,6 @@ def verdict_section(task: Task, verdict: Mapping[str, Any]) -> list[str]:
     return md
 
 
-def summary_of(run_dir: Path, task: Task, space: SpaceConfig) -> dict[str, Any]:
-    """``summary.json``, checked (raises ConfigError); when it is gone, rebuilt and written back.
-
-    A rebuilt summary takes the name, the metric and the steps per trial from ``run.json``, the task and the space;
-    the search's times are lost, and its ``missing`` says so (the report shows it).
-    """
-    path = run_dir / "summary.json"
-    if path.exists():
-        return analysis.read_summary(path)
-    info = analysis.read_run_info(run_dir)
-    hp = task.config.train
-    summary = {"name": info["name"] if isinstance(info.get("name"), str) else run_dir.name,
-               "space_path": info["space_path"], "metric": OBJECTIVE_METRIC[task.config.objective], "wall_s": None,
-               "ray_init_s": None, "max_concurrent": space.budget.max_concurrent,
-               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs, "winner": None,
-               "missing": ["summary.json was missing: rebuilt from run.json, the task, the space and verdict.json; "
-                           "the search's wall time is unknown"]}
-    path.write_text(json.dumps(summary, indent=1))
-    return summary
-
-
 def build(run_dir: Path, task: Task, space: SpaceConfig) -> str:
     """Writes ``report.md``, ``trials.csv``, ``best_design.yaml`` and ``plots/`` from the run folder's files.
 
@@ -426,7 +296,7 @@ def build(run_dir: Path, task: Task, space: SpaceConfig) -> str:
     rebuilt = not (run_dir / "summary.json").exists()
     summary = summary_of(run_dir, task, space)
     if rebuilt:
-        summary = _update_summary(run_dir, rows, verdict)
+        summary = update_summary(run_dir, rows, verdict)
     metric = summary["metric"]
     figures = run_dir / "plots"
     figures.mkdir(exist_ok=True)
@@ -537,7 +407,7 @@ def write_tables(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, 
     if verdict.get("winner_design"):
         cand = next(c for c in verdict["candidates"] if c["short"] == verdict["winner"])
         ev = cand["splits"].get("eval_id", {})
-        best = {"design": {k.removeprefix("design."): v for k, v in verdict["winner_design"].items()},
+        best = {"design": dimensions_of(verdict["winner_design"]),
                 "train": verdict.get("hparams", {}), "eval_score_mean": ev.get("score_mean"),
                 "eval_score_sd": ev.get("score_sd"), "seeds": cand["seeds"],
                 "reads_input": bool(verdict.get("reads_input"))}
@@ -550,70 +420,3 @@ def write_tables(run_dir: Path, rows: Sequence[TrialRow], verdict: Mapping[str, 
         w.writerow(["trial", "status", "design", *keys, "error"])
         for r in rows:
             w.writerow([r.trial_id, r.status, r.design.short(), *[r.metrics.get(k, "") for k in keys], r.error])
-
-
-# ---------------------------------------------------------------- end of a search
-
-
-def _tracked(what: str, fn: Any, *args: Any) -> Any:
-    """Runs one MLflow step; when the store is unreachable, says so and goes on (the run folder has it all)."""
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - the local report must still be written
-        print(f"warning: MLflow step failed ({what}): {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr,
-              flush=True)
-        return None
-
-
-def finish(task: Task, space: SpaceConfig, info: RunInfo, results: Any, *, metric: str, wall_s: float,
-           ray_init_s: float = math.nan) -> int:
-    """Collects results, runs the seed stage, writes the report, logs it to MLflow and closes the parent run."""
-    run_dir = Path(info.run_dir)
-    rows = collect(results, optuna_space(space)[1])
-    best = pick_winner(rows, metric)
-    _tracked("merging resumed trial runs", tracking.merge_duplicate_runs, info)
-    _tracked("closing stale runs", tracking.close_stale_runs, info)
-    analysis.save_rows(run_dir / "trials.json", rows)
-    hp = task.config.train
-    summary = {"name": info.name, "space_path": info.space_path, "metric": metric, "wall_s": wall_s,
-               "ray_init_s": ray_init_s, "max_concurrent": space.budget.max_concurrent,
-               "steps_per_trial": hp.steps_per_epoch(len(task.splits["train"])) * hp.epochs, "winner": None}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    t0 = time.time()
-    print(f"seed stage: {space.budget.seed_top} best designs + ES-SDE + baseline, {space.budget.seeds} seeds each "
-          "(finished runs are kept)", flush=True)
-    workers = max(1, min(space.budget.max_concurrent, (os.cpu_count() or 1) // max(1, int(space.resources.cpu))))
-    try:
-        verdict = final_stage(task, space, rows, best, run_dir, workers=1 if space.resources.gpu else workers,
-                              threads=max(1, int(space.resources.cpu)))
-    except Exception as exc:  # noqa: BLE001 - the search's own results must still reach report.md and MLflow
-        print(f"warning: the seed stage failed ({type(exc).__name__}: {str(exc)[:300]}); the report has no verdict. "
-              f"Run it again with: sde-search report {run_dir.name} --rescore", file=sys.stderr, flush=True)
-        verdict = {}
-    summary = _update_summary(run_dir, rows, verdict)
-    summary["seed_stage_s"] = time.time() - t0
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    winner = next((r for r in rows if r.trial_id == summary.get("winner")), None)
-    _tracked("tagging trial runs", tracking.tag_runs, info, rows, winner)
-    text = build(run_dir, task, space)
-    final = {"wall_s": wall_s, "ray_init_s": ray_init_s, "reads_input": float(bool(verdict.get("reads_input"))),
-             **{f"trials_{s}": float(sum(r.status == s for r in rows)) for s in ("full", "stopped", "failed")}}
-    for cand in verdict.get("candidates", []):
-        roles = ["winner"] * (cand["short"] == verdict.get("winner")) + [
-            r for r in cand["roles"] if r in ("es_sde", "paper_baseline")]
-        for role in roles:
-            for split in ("eval_id", "test_id", "test_ood"):
-                entry = cand["splits"].get(split)
-                if entry and entry["measured"]:
-                    final[f"{role}_{split}_score_mean"] = entry["score_mean"]
-    tags = {"sde.verdict": verdict.get("headline", "no verdict: the seed stage did not run"),
-            "sde.reads_input": str(bool(verdict.get("reads_input"))).lower(),
-            "sde.winner": str(verdict.get("winner") or "-")}
-    _tracked("attaching the report", tracking.log_to_parent, info,
-             [run_dir / n for n in ("report.md", "best_design.yaml", "trials.csv", "trials.json", "verdict.json",
-                                    "plots")], final, tags)
-    _tracked("closing the parent run", tracking.close_parent, info)
-    print("\n" + text)
-    print(f"\nreport: {run_dir / 'report.md'}\nreview in MLflow: sde-search ui --runs-dir {run_dir.parent}   "
-          f"(it prints the address of the runs table; store: {info.tracking_uri})")
-    return 0

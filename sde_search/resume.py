@@ -27,17 +27,20 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
+import ray.cloudpickle as cloudpickle
 from ray import tune
 
-if TYPE_CHECKING:
-    from sde_search.search import RunInfo
+from sde_search import runfolder, tracking
+from sde_search.runfolder import RunInfo, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +53,6 @@ less a resumed trial retrains from an older checkpoint. One snapshot of a 12-tri
 
 
 # ---------------------------------------------------------------- keeping a consistent copy
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Writes a file so that a reader sees the old or the new content, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class StateKeeper(tune.Callback):
@@ -112,13 +108,10 @@ class ResultLog(tune.Callback):
 
     def __init__(self, run_dir: Path):
         """Keeps the logs under ``run_dir / 'results'``."""
-        self.root = Path(run_dir) / "results"
+        self.root = Path(run_dir) / runfolder.RESULTS
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # noqa: D102
-        self.root.mkdir(exist_ok=True)
-        line = json.dumps(result, default=str, allow_nan=True)
-        with open(self.root / f"{trial.trial_id}.jsonl", "a") as f:
-            f.write(line + "\n")
+        runfolder.append_result(self.root.parent, trial.trial_id, result)
 
 
 def restore_snapshot(run_dir: Path) -> bool:
@@ -180,8 +173,6 @@ def load_state(tune_dir: Path) -> tuple[Path, dict[str, Any], list[TuneTrial]] |
             return None
         for t in trials:
             _ = t.trial_id, t.status, t.logdir
-        import pickle
-
         with open(searchers[-1], "rb") as f:
             pickle.load(f)
         with open(tune_dir / "tuner.pkl", "rb") as f:
@@ -190,26 +181,6 @@ def load_state(tune_dir: Path) -> tuple[Path, dict[str, Any], list[TuneTrial]] |
         log.warning("Tune state in %s unusable (%s: %s)", tune_dir, type(exc).__name__, str(exc)[:200])
         return None
     return states[-1], data, trials
-
-
-def results_of(run_dir: Path, trial: TuneTrial) -> list[dict[str, Any]]:
-    """A trial's results: its :class:`ResultLog`, else (a search from an older version) Tune's ``result.json``.
-
-    A line cut off by the kill is left out.
-    """
-    rows = []
-    for path in (run_dir / "results" / f"{trial.trial_id}.jsonl", run_dir / "tune" / trial.logdir / "result.json"):
-        try:
-            lines = path.read_text().splitlines()
-            break
-        except OSError:
-            continue
-    else:
-        return []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return [r for r in rows if isinstance(r, dict)]
 
 
 # ---------------------------------------------------------------- making them agree
@@ -269,7 +240,7 @@ def prepare(info: RunInfo, metric: str | list[str]) -> Repair:
     state_path, data, trials = loaded
     study = optuna.load_study(study_name=info.study_name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     by_tune = {tune_id_of(study, t): t for t in study.get_trials(deepcopy=False)}
-    reported = {t.trial_id: results_of(run_dir, t) for t in trials}
+    reported = {t.trial_id: runfolder.trial_results(run_dir, t.trial_id, t.logdir) for t in trials}
     for trial in trials:
         ot = by_tune.get(trial.trial_id)
         results = reported[trial.trial_id]
@@ -309,8 +280,6 @@ def _set_live_trials(tune_dir: Path, live: set[str]) -> None:
     It counts the trials it let start until their completion reaches it; a trial marked finished here never
     completes again, so left counted it would hold a slot for ever and the search would wait for good.
     """
-    import ray.cloudpickle as cloudpickle
-
     for path in sorted(tune_dir.glob(STATE_GLOBS[2]))[-1:]:
         state = cloudpickle.loads(path.read_bytes())
         limiter = state.get("name:ConcurrencyLimiter")
@@ -369,16 +338,12 @@ def _start_afresh(info: RunInfo) -> None:
 
     They move to ``discarded/<time>/`` rather than being deleted; their MLflow trial runs are marked deleted.
     """
-    import time
-
     run_dir = Path(info.run_dir)
     aside = run_dir / "discarded" / time.strftime("%Y%m%d-%H%M%S")
     for name in ("tune", "state", "optuna.db", "results"):
         if (run_dir / name).exists():
             aside.mkdir(parents=True, exist_ok=True)
             os.replace(run_dir / name, aside / name)
-    from sde_search import tracking
-
     c = tracking.client(info)
     for run in tracking.child_runs(info):  # MLflow's delete is soft: `mlflow gc` or the UI can still restore them
         c.delete_run(run.info.run_id)
@@ -387,8 +352,6 @@ def _start_afresh(info: RunInfo) -> None:
 def _reconcile_mlflow(info: RunInfo, trials: list[TuneTrial], reported: Mapping[str, list[dict[str, Any]]],
                       repair: Repair) -> None:
     """One run per Tune trial; finished trials' runs closed with every result; unknown trials' runs removed."""
-    from sde_search import tracking
-
     tracking.merge_duplicate_runs(info)
     c = tracking.client(info)
     by_name = {f"trainable_{t.trial_id}": t for t in trials}

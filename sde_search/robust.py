@@ -2,27 +2,25 @@
 
 Each of the top K full-budget designs is re-scored from its checkpoint with sampling decoding
 (temperature 0.2, top-k 40, top-p 0.9, seeds 1-5) and with every instruction paraphrase of the task
-file, then retrained on half the training records. Results go to ``robust.md`` / ``robust.json``
-in the run folder and to one MLflow run per design nested under the search's parent run.
+file, then retrained on half the training records. :func:`sde_search.stages.robust_checks` runs the checks and
+writes ``robust.md`` / ``robust.json`` in the run folder and one MLflow run per design nested under the
+search's parent run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sde_search import analysis, tracking, train
+from sde_search import analysis, scoring, trial
 from sde_search.config import ConfigError, Task
-from sde_search.search import RunInfo
 
-SAMPLING = [train.Decoding(temperature=0.2, top_k=40, top_p=0.9, seed=s) for s in range(1, 6)]
+SAMPLING = [scoring.Decoding(temperature=0.2, top_k=40, top_p=0.9, seed=s) for s in range(1, 6)]
 
 
 def _split(task: Task) -> str:
@@ -45,12 +43,12 @@ def check(task: Task, row: analysis.TrialRow, threads: int, retrain: bool) -> di
     """All perturbations of one trial's design; returns mean/std per perturbation."""
     split = _split(task)
     paraphrases = list(task.config.template.paraphrases)
-    greedy, *sampled = train.evaluate_checkpoint(task, row.design, row.hparams, row.checkpoint, splits=[split],
-                                                 threads=threads, decodings=[train.GREEDY, *SAMPLING])
+    greedy, *sampled = scoring.evaluate_checkpoint(task, row.design, row.hparams, row.checkpoint, splits=[split],
+                                                   threads=threads, decodings=[scoring.GREEDY, *SAMPLING])
     out: dict[str, Any] = {"trial": row.trial_id, "design": row.design.short(), "split": split,
                            "greedy": greedy["score"]}
     out["sampling_mean"], out["sampling_std"] = _stats([s["score"] for s in sampled])
-    scores = [s["score"] for s in train.evaluate_checkpoint(  # one model build for all paraphrases
+    scores = [s["score"] for s in scoring.evaluate_checkpoint(  # one model build for all paraphrases
         task, row.design, row.hparams, row.checkpoint, splits=[split], threads=threads, instructions=paraphrases,
     )] if paraphrases else []
     out["paraphrase_mean"], out["paraphrase_std"] = _stats(scores)
@@ -58,10 +56,10 @@ def check(task: Task, row: analysis.TrialRow, threads: int, retrain: bool) -> di
     if retrain:
         half = _half_train(task)
         tmp = tempfile.mkdtemp(prefix="sde-robust-")
-        train.fit(half, row.design, row.hparams, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
+        trial.fit(half, row.design, row.hparams, report=lambda m, p: None, checkpoint_dir=tmp, threads=threads)
         last = str(sorted(Path(tmp).glob("report-*"))[-1])
-        out["half_train"] = train.evaluate_checkpoint(half, row.design, row.hparams, last, splits=[split],
-                                                      threads=threads)[0]["score"]
+        out["half_train"] = scoring.evaluate_checkpoint(half, row.design, row.hparams, last, splits=[split],
+                                                        threads=threads)[0]["score"]
     return out
 
 
@@ -89,33 +87,6 @@ def top_trials(path: Path, top: int) -> list[analysis.TrialRow]:
         raise ConfigError([f"{path}: the checkpoints of the top trials are gone ({where}); robust re-scores them "
                            "from there (was the run's tune/ folder moved or deleted?)"])
     return chosen
-
-
-def run(info: RunInfo, task: Task, top: int, threads: int = 1, retrain: bool = True) -> str:
-    """Checks the top designs of a finished search; returns the markdown table.
-
-    ``robust.json`` and ``robust.md`` are written before MLflow is told, so a tracking store that cannot be
-    reached costs the MLflow runs, not the results.
-    """
-    run_dir = Path(info.run_dir)
-    chosen = top_trials(run_dir / "trials.json", top)
-    results = []
-    for r in chosen:
-        print(f"robustness of {r.design.short()} (trial {r.trial_id}) ...", flush=True)
-        results.append(check(task, r, threads, retrain))
-    (run_dir / "robust.json").write_text(json.dumps(results, indent=1))
-    md = table(results, task)
-    (run_dir / "robust.md").write_text(md)
-    try:
-        for r, res in zip(chosen, results, strict=True):
-            tracking.log_nested_run(info, f"robust-{r.trial_id}", {"design": r.design.short(), "trial": r.trial_id},
-                                    {k: v for k, v in res.items() if isinstance(v, float)},
-                                    {"sde.kind": "robust", "design": r.design.short()})
-        tracking.log_to_parent(info, [run_dir / "robust.md", run_dir / "robust.json"], {})
-    except Exception as exc:  # noqa: BLE001 - the results are on disk; MLflow only mirrors them
-        print(f"warning: MLflow step failed ({type(exc).__name__}: {str(exc)[:200]}); the results are in "
-              f"{run_dir / 'robust.md'}", file=sys.stderr, flush=True)
-    return md
 
 
 def table(results: Sequence[dict[str, Any]], task: Task) -> str:

@@ -1,9 +1,11 @@
-"""The Optuna side of a space: its distributions, and a sampler that never repeats a design needlessly.
+"""The Optuna side of a space: its distributions, the search's sampler and the points it evaluates first.
 
-Written by hand because neither Optuna nor Ray does it: on a small all-categorical space, TPE re-proposes a
-design it already tried (5 of 12 demo trials were repeats), and a repeat of a deterministic fine-tune
-buys no information. The wrapper asks the wrapped sampler again a few times and, failing that, takes a
-uniformly random unseen combination. Non-categorical parameters (``lr`` ranges) never count as seen.
+:class:`DistinctSampler` is written by hand because neither Optuna nor Ray does it: on a small all-categorical
+space, TPE re-proposes a design it already tried (5 of 12 demo trials were repeats), and a repeat of a
+deterministic fine-tune buys no information. The wrapper asks the wrapped sampler again a few times and, failing
+that, takes a uniformly random unseen combination. Non-categorical parameters (``lr`` ranges) never count as seen.
+
+Imports Optuna; never Ray, MLflow or torch (the report reads the space's distributions from here).
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseSampler, BruteForceSampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sde_search.config import Range, SpaceConfig
+from sde_search.analysis import full_budget, load_rows, read_summary
+from sde_search.config import ConfigError, Range, SpaceConfig, Task
+from sde_search.design import PRESETS, Design, design_param, hparams_of, train_param
 
 ENUMERATE_LIMIT = 100_000  # spaces up to this many combinations are listed; larger ones are sampled
 
@@ -86,7 +91,7 @@ class DistinctSampler(BaseSampler):
         return tuple(params.get(k) for k in self.categorical)
 
     def _seen(self, study: Study, trial: FrozenTrial) -> set[tuple]:
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)  # noqa: SLF001
+        trials = study.get_trials(deepcopy=False)  # read only: the study's own records, not copies
         seen = {self._key(t.params) for t in trials if t.number != trial.number and t.params}
         fixed = trial.system_attrs.get("fixed_params")  # an enqueued point counts from the start
         if fixed:
@@ -113,13 +118,13 @@ def optuna_space(space: SpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     searched: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
     for dim, values in space.design_choices().items():
-        name = f"design.{dim}"
+        name = design_param(dim)
         if len(values) > 1:
             searched[name] = CategoricalDistribution(list(values))
         else:
             fixed[name] = values[0]
     for key, value in space.train.items():
-        name = f"train.{key}"
+        name = train_param(key)
         if isinstance(value, list) and len(value) > 1:
             searched[name] = CategoricalDistribution(value)
         elif isinstance(value, list):
@@ -129,3 +134,73 @@ def optuna_space(space: SpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         else:
             fixed[name] = value
     return searched, fixed
+
+
+# ---------------------------------------------------------------- the search's sampler and first points
+
+
+def baseline_points(space: SpaceConfig, searched: Mapping[str, Any], task: Task,
+                    warm: Sequence[Design] = ()) -> list[dict[str, Any]]:
+    """``points_to_evaluate``: the paper's baseline and ES-SDE (``baselines:``), then warm-start designs.
+
+    Designs outside the space are left out; searched training values take the task's value (or the range's
+    low end when it falls outside).
+    """
+    points: list[dict[str, Any]] = []
+    fixed = optuna_space(space)[1]
+    for design in [PRESETS[name] for name in space.baselines] + list(warm):
+        params = design.to_params()
+        point = {k: v for k, v in params.items() if k in searched}
+        if all(v in searched[k].choices for k, v in point.items()) and point not in points and \
+                all(params[k] == v for k, v in fixed.items() if k in params):
+            for key, value in hparams_of(searched).items():
+                default = getattr(task.config.train, key)
+                point[train_param(key)] = default if _fits(value, default) else _low_end(value)
+            points.append(point)
+    return points
+
+
+def warm_designs(runs_dir: Path, runs: Sequence[str], top: int = 3) -> list[Design]:
+    """The best ``top`` distinct full-budget designs of each earlier search (``--warm-start``)."""
+    designs: list[Design] = []
+    for run in runs:
+        folder = next((p for p in (runs_dir / run, Path(run)) if (p / "trials.json").is_file()), None)
+        if folder is None:
+            raise ConfigError([f"--warm-start {run}: no finished search there (no trials.json in "
+                               f"{runs_dir / run} or {run})"])
+        if not (folder / "summary.json").is_file():
+            raise ConfigError([f"--warm-start {run}: {folder / 'summary.json'}: missing, so the run's metric and "
+                               f"winner are unknown; run `sde-search report {run}` first (it rebuilds summary.json)"])
+        summary = read_summary(folder / "summary.json")
+        ranked = full_budget(load_rows(folder / "trials.json"), summary["metric"])
+        ranked.sort(key=lambda r: r.trial_id != summary.get("winner"))  # the run's winner first, then by score
+        best = [r.design for r in ranked]
+        designs += [d for d in dict.fromkeys(best) if d not in designs][:top]
+    return designs
+
+
+def _fits(dist: BaseDistribution, value: Any) -> bool:
+    """Whether a distribution holds a value (a choice of a categorical one, within a range's bounds)."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    return dist.low <= value <= dist.high  # type: ignore[attr-defined]
+
+
+def _low_end(dist: BaseDistribution) -> Any:
+    """A distribution's first choice, or a range's low end: the value a baseline takes when the task's is outside."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[0]
+    return dist.low  # type: ignore[attr-defined]
+
+
+def make_sampler(space: SpaceConfig, searched: Mapping[str, Any]) -> BaseSampler:
+    """TPE (seeded, multivariate, constant liar), random or brute force; wrapped to keep designs distinct."""
+    s = space.sampler
+    if s.name == "brute_force":
+        return BruteForceSampler(seed=s.seed)  # distinct by construction
+    if s.name == "random":
+        base: BaseSampler = RandomSampler(seed=s.seed)
+    else:
+        base = TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
+                          constant_liar=True)
+    return DistinctSampler(base, searched, seed=s.seed) if s.distinct else base

@@ -186,7 +186,7 @@ def _spec_source(split: str, spec: SplitSpec, values: Mapping[str, SplitValue | 
                  seed: int) -> tuple[Source | None, str]:
     """The source of a split given as ``{from: ...}``, or the problem with it."""
     origin = spec.from_
-    carve = {"size": spec.size, "seed": seed if spec.seed is None else spec.seed, "group": spec.group,
+    carve: dict[str, Any] = {"size": spec.size, "seed": seed if spec.seed is None else spec.seed, "group": spec.group,
              "match": spec.match}
     if origin in SPLITS and spec.size is None:
         if OOD_TWIN.get(split) != origin:
@@ -338,7 +338,7 @@ def partition(records: Sequence[tasks.Record], rows: Sequence[Mapping[str, Any]]
     if problems or not carves:
         return Partition({}, list(range(len(records))), problems)
     groups = group_numbers([values for _, values, _ in keyed], [r.text for r in records])
-    left, carved = list(range(len(records))), {}
+    left, carved = list(range(len(records))), dict[str, list[int]]()
     for src in carves:
         want = wanted(src.size or 0, len(records))
         if want < 1:

@@ -2,7 +2,7 @@
 
 Gradient accumulation, clipping, the learning-rate schedule, mixed precision and gradient checkpointing.
 
-``train.fit`` builds a :class:`Stepper` and hands it the micro-batches of each optimizer step. Defaults
+``trial.fit`` builds a :class:`Stepper` and hands it the micro-batches of each optimizer step. Defaults
 (``grad_accum: 1``, no warmup, ``schedule: constant``, no clipping, fp32 on CPU, no checkpointing) give the
 plain AdamW loop bit for bit.
 

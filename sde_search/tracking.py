@@ -1,21 +1,27 @@
-"""MLflow bookkeeping of a search: the trial runs under the parent, their tags, artifacts and repairs.
+"""MLflow bookkeeping of a search: every call the package makes to MLflow is in this module.
 
-``MLflowLoggerCallback`` writes each trial's metrics while Tune runs; this module does what it
-cannot: close runs a killed driver left RUNNING, merge the second run a resumed trial opens,
-tag runs with their design and budget, attach the report to the parent run. It also decides what
-a trial run holds: its name (the design), its metrics (the project's own, under documented names,
-rounded; see docs/mlflow.md) and their step (the report number).
+Before the search: the tracking store is checked (:func:`check_tracking`) and the parent run created
+(:func:`start_parent`). While Tune runs, :class:`TrialTracker` (a ``MLflowLoggerCallback``) writes each trial's
+run under the parent. After it: runs a killed driver left RUNNING are closed, the second run a resumed trial
+opens is merged, runs are tagged with their design and budget, the report is attached to the parent run and
+the parent closed. This module also decides what a trial run holds: its name (the design), its metrics (the
+project's own, under documented names, rounded; see docs/mlflow.md) and their step (the report number).
+
+It reads the run folder (:class:`sde_search.runfolder.RunInfo`) and never the search, the report or a resume.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import math
 import numbers
 import os
+import subprocess
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 TELEMETRY_ENV = "MLFLOW_DISABLE_TELEMETRY"
 
@@ -30,11 +36,19 @@ def telemetry_off(env: MutableMapping[str, str]) -> None:
 
 telemetry_off(os.environ)  # before the import below: MLflow starts its telemetry client at import time
 
-from mlflow.entities import Metric  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
+from ray.tune.utils import flatten_dict  # noqa: E402
 
+from sde_search import preflight  # noqa: E402
 from sde_search.analysis import TrialRow  # noqa: E402
-from sde_search.design import Design  # noqa: E402
+from sde_search.config import ConfigError, SpaceConfig, Task  # noqa: E402
+from sde_search.design import Design, hparams_of, train_params  # noqa: E402
+from sde_search.runfolder import RunInfo  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_KIND = "custom_model_development"
 """The ``mlflow.experimentKind`` tag of an experiment a search creates: MLflow's UI then opens it on its runs
@@ -52,10 +66,6 @@ and are kept out of MLflow."""
 
 RENAMED = {"step": "optimizer_step"}
 """Result keys logged under another name: MLflow's own ``step`` axis is the report number."""
-
-if TYPE_CHECKING:
-    from sde_search.search import RunInfo
-
 
 def client(info: RunInfo) -> MlflowClient:
     """A client of the search's tracking store."""
@@ -144,8 +154,7 @@ def run_name(config: Mapping[str, Any], fixed: Mapping[str, Any]) -> str:
         fixed: The space's fixed params, which complete the design.
     """
     design = Design.from_params({**fixed, **config})
-    searched = [f"{k.removeprefix('train.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('train.')}={v}"
-                for k, v in sorted(config.items()) if k.startswith("train.")]
+    searched = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams_of(config).items())]
     return " ".join([design.short(), *searched])
 
 
@@ -240,3 +249,240 @@ def log_nested_run(info: RunInfo, name: str, params: Mapping[str, Any], metrics:
             c.log_metric(run.info.run_id, k, float(v))
     c.set_terminated(run.info.run_id, status="FINISHED")
     return run.info.run_id
+
+
+# ---------------------------------------------------------------- the trial runs while Tune runs
+
+
+class TrialTracker(MLflowLoggerCallback):
+    """``MLflowLoggerCallback`` naming runs by design, logging in batches and outliving its tracking server.
+
+    A trial's run is named by its design (:func:`run_name`; Ray's would be ``trainable_<id>``), with
+    the Tune trial id in the tag ``sde.trial_id`` and Ray's trial name in ``trial_name`` (what a resume matches
+    runs on). Its metrics are :func:`trial_metrics` of each report, at step = the report number.
+
+    Ray's callback sends every metric of every report as its own ``log_metric`` call: with the sqlite store
+    that is one transaction per key (about 45 per report), and profiling the driver showed it spending 16 s
+    of a 4-minute search there, holding up trial starts and competing with trials for the 2 cores. Here a
+    report is one ``log_batch`` (same keys, values and steps) and the trial's params another.
+
+    Failed calls queue up and are retried in order: trials never wait for MLflow; while the server is away
+    their results stay in Tune's ``result.json`` and in this queue, and the terminal says so once.
+    """
+
+    _client: MlflowClient | None = None  # class defaults: a Tuner pickled by an older version has no such field
+    _steps: dict[str, set[int]] | None = None  # run id -> steps already logged there
+    _fixed: Mapping[str, Any] | None = None  # the space's fixed params, which complete a trial's design
+
+    def __init__(self, *args: Any, fixed: Mapping[str, Any] | None = None, **kwargs: Any):
+        """Same arguments as ``MLflowLoggerCallback``, and the space's fixed params (``fixed``)."""
+        super().__init__(*args, **kwargs)
+        self._fixed = dict(fixed or {})
+        self.queue: collections.deque[tuple[Any, tuple]] = collections.deque()
+        self.failing = False
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        self.queue.append((fn, args))
+        while self.queue:
+            method, margs = self.queue[0]
+            try:
+                method(*margs)
+            except MlflowException as exc:
+                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                    self._unreachable(exc)
+                    return
+                # The store refuses this call and always will (e.g. a param changed on resume): retrying it
+                # would hold every later call back, so it is dropped with a warning.
+                log.warning("warning: MLflow refused a tracking call (%s); it is skipped", str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - any other tracking error: keep the call for later
+                self._unreachable(exc)
+                return
+            self.queue.popleft()
+        if self.failing:
+            log.warning("MLflow reachable again: buffered results sent")
+            self.failing = False
+
+    def _unreachable(self, exc: Exception) -> None:
+        if not self.failing:
+            log.warning("warning: MLflow unreachable (%s); trials go on, their results are kept and sent when it "
+                        "is back", type(exc).__name__)
+        self.failing = True
+
+    def client(self) -> MlflowClient:
+        """One client for the callback's lifetime."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def logged_steps(self) -> dict[str, set[int]]:
+        """Run id -> the steps already logged there (created on first use: see the class defaults)."""
+        if self._steps is None:
+            self._steps = {}
+        return self._steps
+
+    def _start(self, trial: Any, params: list[Param]) -> None:
+        if trial not in self._trial_runs:
+            earlier = self._earlier_run(str(trial))
+            if earlier is not None:  # a resumed trial keeps the run it had before the driver was killed
+                self.client().update_run(earlier, status="RUNNING")
+                self._trial_runs[trial] = earlier
+                self.logged_steps()[earlier] = {m.step for m in self.client().get_metric_history(earlier, "progress")}
+            else:
+                tags = {**self.tags, "trial_name": str(trial), "sde.trial_id": trial.trial_id}
+                name = run_name(trial.config, self._fixed or {})
+                self._trial_runs[trial] = self.mlflow_util.start_run(tags=tags, run_name=name).info.run_id
+        self.client().log_batch(self._trial_runs[trial], params=params)
+
+    def _earlier_run(self, name: str) -> str | None:
+        exp = self.client().get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            return None
+        runs = self.client().search_runs([exp.experiment_id], f"tags.trial_name = '{name}' and "
+                                         f"tags.mlflow.parentRunId = '{self.tags['mlflow.parentRunId']}'",
+                                         max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def _result(self, trial: Any, metrics: list[Metric]) -> None:
+        run_id = self._trial_runs[trial]
+        logged = self.logged_steps().setdefault(run_id, set())
+        step = metrics[0].step if metrics else None
+        if step in logged:  # a trial resumed from an older checkpoint reports this step again: the first one stays
+            return
+        self.client().log_batch(run_id, metrics=metrics)
+        logged.add(step)
+
+    def log_trial_start(self, trial: Any) -> None:  # noqa: D102
+        self._call(self._start, trial, [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()])
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
+        step = report_step(result)
+        now = int(time.time() * 1000)  # when it was reported, even if it reaches MLflow later
+        self._call(self._result, trial, [Metric(k, v, now, step) for k, v in trial_metrics(result).items()])
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
+        self._call(super().log_trial_end, trial, failed)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:  # noqa: D102
+        if self.queue:
+            log.warning("warning: %d tracking calls never reached MLflow (the server stayed away); the run "
+                        "folder's trials.json and report.md have every result", len(self.queue))
+
+
+# ---------------------------------------------------------------- the search's parent run
+
+
+def git_commit() -> str:
+    """The package's git commit, or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri_for(runs_dir: Path, given: str | None, task: Task) -> str:
+    """``--tracking-uri``, else the task's, else an absolute sqlite file in the runs folder.
+
+    Absolute: a relative ``sqlite:///`` URI resolves against each process's working folder (trials run in
+    per-trial folders), and without a URI MLflow picks a store by what the current folder holds.
+    """
+    uri = given or task.config.tracking.uri
+    return uri or f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking(uri: str) -> None:
+    """Fails early, before any training, when MLflow could not open the tracking store or reach its server."""
+    problems = preflight.tracking_problems(uri)  # the part --check runs too
+    if problems:
+        raise ConfigError([f"tracking URI {preflight.cut(uri)}: {p}" for p in problems])
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+    except OSError as exc:
+        raise ConfigError([f"--tracking-uri {uri}: MLflow server not reachable ({exc}); start it or use "
+                           "the default sqlite store"]) from exc
+
+
+def start_parent(info_kw: dict[str, Any], task: Task, space: SpaceConfig, artifact_root: Path) -> tuple[str, str]:
+    """Creates the experiment (absolute artifact root) and the parent run; returns (experiment id, run id)."""
+    client = MlflowClient(info_kw["tracking_uri"])
+    exp = client.get_experiment_by_name(info_kw["experiment"])
+    kind = {"mlflow.experimentKind": EXPERIMENT_KIND}
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        info_kw["experiment"], artifact_location=artifact_root.resolve().as_uri(), tags=kind)
+    if exp and "mlflow.experimentKind" not in exp.tags:
+        client.set_experiment_tag(exp_id, *next(iter(kind.items())))
+    note = (f"sde-search run {info_kw['name']} of task {task.config.name}: one nested run per trial, named by its "
+            f"design. score = {task.kind.score_key} on the ID eval set (score_ood: on OOD); step = report number; "
+            "optimizer_step = training steps so far. See docs/mlflow.md.")
+    run = client.create_run(exp_id, run_name=info_kw["name"], tags={"sde.kind": "search", "sde.task": task.config.name,
+                                                                     "mlflow.note.content": note})
+    params = {"task": str(task.path), "space": info_kw["space_path"], "git_commit": git_commit(),
+              "objective": task.config.objective, "space_size": space.size(),
+              "num_samples": space.budget.num_samples, "max_concurrent": space.budget.max_concurrent,
+              "sampler": space.sampler.name, "asha": space.asha.enabled, "model": task.config.model.name,
+              **train_params(task.config.train.model_dump())}
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:500])
+    return exp_id, run.info.run_id
+
+
+def mark_parent(info: RunInfo, status: str, why: str) -> None:
+    """Closes the parent run of a search that failed or was killed; a tracking error is only logged."""
+    try:
+        close_parent(info, status, why)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        log.warning("warning: could not close MLflow run %s: %s", info.parent_run_id, exc)
+
+
+# ---------------------------------------------------------------- the report on the parent run
+
+
+REPORT_FILES = ("report.md", "best_design.yaml", "trials.csv", "trials.json", "verdict.json", "plots")
+"""The run folder's files attached to the parent run when the search ends."""
+
+
+def tracked(what: str, fn: Any, *args: Any) -> Any:
+    """Runs one MLflow step; when the store is unreachable, logs so and goes on (the run folder has it all).
+
+    Returns:
+        What ``fn`` returned, or None when it failed.
+    """
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the local report must still be written
+        log.warning("warning: MLflow step failed (%s): %s: %s", what, type(exc).__name__, str(exc)[:200])
+        return None
+
+
+def final_metrics(rows: Sequence[TrialRow], verdict: Mapping[str, Any], *, wall_s: float,
+                  ray_init_s: float) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's final metrics and tags: times, trial counts, the stage's mean scores and its verdict.
+
+    Args:
+        rows: The search's trials.
+        verdict: ``verdict.json`` (empty when the seed stage did not run).
+        wall_s: The search's wall time.
+        ray_init_s: Seconds Ray took to start.
+
+    Returns:
+        ``(metrics, tags)``: a mean score per role (winner, es_sde, paper_baseline) and measured split.
+    """
+    final = {"wall_s": wall_s, "ray_init_s": ray_init_s, "reads_input": float(bool(verdict.get("reads_input"))),
+             **{f"trials_{s}": float(sum(r.status == s for r in rows)) for s in ("full", "stopped", "failed")}}
+    for cand in verdict.get("candidates", []):
+        roles = ["winner"] * (cand["short"] == verdict.get("winner")) + [
+            r for r in cand["roles"] if r in ("es_sde", "paper_baseline")]
+        for role in roles:
+            for split in ("eval_id", "test_id", "test_ood"):
+                entry = cand["splits"].get(split)
+                if entry and entry["measured"]:
+                    final[f"{role}_{split}_score_mean"] = entry["score_mean"]
+    tags = {"sde.verdict": verdict.get("headline", "no verdict: the seed stage did not run"),
+            "sde.reads_input": str(bool(verdict.get("reads_input"))).lower(),
+            "sde.winner": str(verdict.get("winner") or "-")}
+    return final, tags

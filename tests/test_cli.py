@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -24,6 +25,25 @@ def _sections(out: str) -> dict[str, str]:
 def test_the_examples_cover_the_three_task_types() -> None:
     assert [p.name for p in EXAMPLES] == ["demo_entities.yaml", "demo_events.yaml", "demo_masa.yaml",
                                           "demo_masa_ood.yaml"]
+
+
+def test_a_command_shows_the_package_logs_as_plain_lines_and_removes_its_handler(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sde_search import console
+
+    logger = logging.getLogger("sde_search")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    for _ in range(2):  # a second command does not add a second handler
+        assert main(["--task", str(EXAMPLES[0]), "--check"]) == 0
+        assert (list(logger.handlers), logger.level, logger.propagate) == before
+    capsys.readouterr()
+    with console.shown():
+        logging.getLogger("sde_search.x").info("shown %s", "once")
+        logging.getLogger("sde_search.x").debug("not shown")
+        logging.getLogger("sde_search.x").error("on stderr")
+    logging.getLogger("sde_search.x").info("after the command: not shown")
+    out, err = capsys.readouterr()
+    assert (out, err) == ("shown once\n", "on stderr\n")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])

@@ -16,7 +16,13 @@ from sde_search.design import (
     PRESETS,
     Design,
     all_designs,
+    design_param,
+    dimensions_of,
+    hparams_of,
     parse_design,
+    split_params,
+    train_param,
+    train_params,
 )
 
 ALL = list(all_designs())
@@ -95,6 +101,16 @@ def test_from_params_ignores_other_params_and_defaults_to_es_sde() -> None:
     design = Design.from_params({"design.output_format": "json", "lr": 1e-3, "lora_rank": 8})
     assert design == dataclasses.replace(ES_SDE, output_format="json")
     assert Design.from_params({}) == ES_SDE
+
+
+def test_flat_param_names_split_into_design_and_training_values() -> None:
+    params = {**PAPER_BASELINE.to_params(), **train_params({"lr": 1e-3, "lora_rank": 8}), "trial_id": "x"}
+    assert train_param("lr") in params and design_param("output_format") in params
+    design, hparams = split_params(params)
+    assert design == PAPER_BASELINE
+    assert hparams == hparams_of(params) == {"lr": 1e-3, "lora_rank": 8}  # other keys ignored
+    assert dimensions_of(params) == dataclasses.asdict(PAPER_BASELINE)
+    assert train_params(hparams_of(params)) == {"train.lr": 1e-3, "train.lora_rank": 8}
 
 
 def test_from_params_rejects_an_unknown_dimension() -> None:

@@ -1,6 +1,6 @@
 """Codes of number labels (``label_style: number``): given, partly given or none, every label gets one.
 
-The rule (``labels.numbers`` in ``config.py`` and the README): given codes are kept; a label named as in the
+The rule (``labels.numbers`` in ``config/schema.py`` and the README): given codes are kept; a label named as in the
 paper gets the paper's code when it is free; every other label the smallest free whole number from 0 up, in
 ``labels.values`` order with the unmentioned label last. Five labels (SemEval's ``conflict`` added) are the case
 that used to stop with a hint that named only four.

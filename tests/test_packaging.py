@@ -24,8 +24,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from sde_search import scaffold
-from sde_search.cli import load_task_and_space, main
-from sde_search.config import TaskConfig, builtin_spaces
+from sde_search.cli import main
+from sde_search.config import TaskConfig, builtin_spaces, load_task_and_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted(p.name for p in (ROOT / "search_spaces").glob("*.yaml"))
@@ -123,6 +123,7 @@ def test_wheel_holds_the_spaces_starters_and_ranges(wheel):
     assert {f"sde_search/search_spaces/{n}" for n in SPACES} <= names
     assert {f"sde_search/starters/{k}.yaml" for k in scaffold.KINDS} <= names
     assert "sde_search/cli.py" in names and not any(n.startswith(("tests/", "examples/")) for n in names)
+    assert {"sde_search/config/__init__.py", "sde_search/config/loading.py", "sde_search/data/records.py"} <= names
     requires = meta.get_all("Requires-Dist") or []
     assert any(r.startswith("plotly") for r in requires)  # the report's plots need it
     assert not any(s.operator == "==" for r in requires for s in Requirement(r).specifier)

@@ -96,9 +96,9 @@ def test_seeds_are_accepted_exactly_when_numpy_accepts_them(seed: int) -> None:
 
 
 def _train_problems(space: SpaceConfig) -> list[str]:
-    from sde_search.config import _check_space
+    from sde_search.config.checks import check_space
 
-    return _check_space(space, Path("space.yaml"))
+    return check_space(space, Path("space.yaml"))
 
 
 @pytest.mark.filterwarnings("ignore:BruteForceSampler is experimental")
@@ -142,13 +142,13 @@ def test_target_modules_of_a_known_model_type_and_an_unknown_one() -> None:
 
 @pytest.mark.slow
 def test_the_tiny_layer_names_are_those_of_the_built_model() -> None:
-    """preflight lists the tiny model's layers without building it: they must match what train.py builds."""
+    """preflight lists the tiny model's layers without building it: they must match what model.py builds."""
     import torch
 
-    from sde_search import train
+    from sde_search.model import build_model
 
     task = load_task(OK_TASK, ["model.layers=3"])
-    model, _, _ = train.build_model(task)
+    model, _, _ = build_model(task)
     linear = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head")
     assert sorted(linear) == sorted(preflight.tiny_info(3).names or ())
     assert model.config.max_position_embeddings == preflight.TINY_POSITIONS

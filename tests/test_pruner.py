@@ -11,22 +11,22 @@ from sde_search.pruner import EvidenceASHA, decide
 
 def test_a_constant_answer_is_deferred_not_cut_and_not_recorded():
     recorded = {"a": 0.4, "b": 0.3, "c": 0.2}
-    assert not decide(recorded, "slow", 0.0, evidence=False, report=3, milestone=3, rf=3, defer_until=9)
+    assert not decide(recorded, "slow", 0.0, evidence=False, at_report=3, milestone=3, rf=3, defer_until=9)
     assert "slow" not in recorded  # it does not lower the rung's cutoff either
 
 
 def test_after_defer_until_a_constant_answer_is_judged_like_any_result():
     recorded = {"a": 0.4, "b": 0.3, "c": 0.2}
-    assert decide(recorded, "slow", 0.0, evidence=False, report=9, milestone=9, rf=3, defer_until=9)
+    assert decide(recorded, "slow", 0.0, evidence=False, at_report=9, milestone=9, rf=3, defer_until=9)
     assert recorded["slow"] == 0.0
 
 
 def test_a_measured_low_score_is_cut_and_the_first_arrival_never_is():
     recorded: dict[str, float] = {}
-    assert not decide(recorded, "first", 0.1, evidence=True, report=3, milestone=3, rf=3, defer_until=12)
+    assert not decide(recorded, "first", 0.1, evidence=True, at_report=3, milestone=3, rf=3, defer_until=12)
     recorded.update({"b": 0.5, "c": 0.6})
-    assert decide(recorded, "weak", 0.2, evidence=True, report=3, milestone=3, rf=3, defer_until=12)
-    assert not decide(recorded, "strong", 0.7, evidence=True, report=3, milestone=3, rf=3, defer_until=12)
+    assert decide(recorded, "weak", 0.2, evidence=True, at_report=3, milestone=3, rf=3, defer_until=12)
+    assert not decide(recorded, "strong", 0.7, evidence=True, at_report=3, milestone=3, rf=3, defer_until=12)
 
 
 def _trial(name: str) -> SimpleNamespace:
@@ -53,7 +53,7 @@ def test_evidence_asha_lets_a_slow_starter_reach_its_first_measured_report(defer
 
 def test_a_late_judgement_is_compared_but_not_recorded_at_the_earlier_rung():
     recorded = {"a": 0.4, "b": 0.3}
-    assert not decide(recorded, "late", 0.9, evidence=True, report=5, milestone=3, rf=3, defer_until=12)
+    assert not decide(recorded, "late", 0.9, evidence=True, at_report=5, milestone=3, rf=3, defer_until=12)
     assert "late" not in recorded  # its report-5 score would raise the cutoff for report-3 arrivals
 
 

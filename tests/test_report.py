@@ -135,17 +135,41 @@ def test_robust_logs_a_table_and_nested_runs(small_search):
 
 
 def test_warm_start_enqueues_the_earlier_winner(small_search):
+    """The warm designs are the study's first trials, enqueued (not sampled), and the only ones enqueued.
+
+    The space has no baselines here: ES-SDE and the paper's baseline are always enqueued, so with them an earlier
+    winner that is one of them would be tried whether or not the warm start did anything.
+    """
+    import optuna
+
+    from sde_search.sampler import warm_designs
+
     runs, _ = small_search
-    best = json.loads(json.dumps(__import__("yaml").safe_load((runs / "it" / "best_design.yaml").read_text())))
-    cmd = [a.replace("num_samples=6", "num_samples=3") for a in search_cmd(runs, "--name", "warm")]
-    cmd += ["--set", "space.asha.enabled=false", "--set", "train.epochs=1", "--warm-start", "it"]
+    warm = warm_designs(runs, ["it"])
+    summary = json.loads((runs / "it" / "summary.json").read_text())
+    assert warm  # the earlier search has full-budget designs
+    trials = max(3, len(warm) + 1)  # one sampled trial after the warm ones (n_startup_trials is 2)
+    cmd = [a.replace("num_samples=6", f"num_samples={trials}") for a in search_cmd(runs, "--name", "warm")]
+    cmd += ["--set", "space.baselines=[]", "--set", "space.asha.enabled=false", "--set", "train.epochs=1",
+            "--warm-start", "it"]
     proc = subprocess.run(cmd, cwd=runs.parent, env=search_env(runs.parent), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "warm start:" in proc.stdout
-    rows = json.loads((runs / "warm" / "trials.json").read_text())
-    tried = [{k.removeprefix("design."): v for k, v in r["design"].items()} for r in rows]
-    assert best["design"] in tried
+    run = runs / "warm"
+    study = optuna.load_study(study_name=json.loads((run / "run.json").read_text())["study_name"],
+                              storage=f"sqlite:///{run / 'optuna.db'}")
+    first = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert len(first) == trials
+    enqueued = [t.system_attrs.get("fixed_params") for t in first]
+    assert all(enqueued[: len(warm)]) and not any(enqueued[len(warm):]), enqueued
+    for design, params in zip(warm, enqueued, strict=False):  # in warm_designs' order: the earlier winner first
+        assert {k: v for k, v in params.items() if k.startswith("design.")} == \
+            {k: v for k, v in design.to_params().items() if k in params}
+    if summary.get("winner"):  # the seed stage's winner, when it trained at full budget in the search
+        rows = json.loads((runs / "it" / "trials.json").read_text())
+        winner = next(r for r in rows if r["trial_id"] == summary["winner"])
+        assert {k: v for k, v in enqueued[0].items() if k.startswith("design.")}.items() <= winner["design"].items()
 
 
 def test_notebook_runs_headless_on_the_search(small_search):

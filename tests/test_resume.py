@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -18,7 +17,7 @@ import ray.cloudpickle as cloudpickle
 from mlflow.tracking import MlflowClient
 
 from sde_search import resume
-from sde_search.search import RunInfo
+from sde_search.runfolder import RunInfo
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 DIST = {"x": optuna.distributions.CategoricalDistribution(["a", "b", "c", "d", "e"])}
@@ -147,22 +146,21 @@ def test_state_keeper_copies_each_snapshot_atomically_and_restores_it(tmp_path: 
 
 
 def test_a_search_that_fails_before_any_trial_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sde_search import search
+    from sde_search import raynodes, search
     from sde_search.config import load_space, load_task
 
     root = Path(__file__).resolve().parents[1]
     task = load_task(root / "examples/demo_masa.yaml")
     space_path = root / "search_spaces/quick.yaml"
-    monkeypatch.setattr(search, "_start_ray", lambda address, space: 0.0)
+    monkeypatch.setattr(raynodes, "start", lambda address, space: 0.0)
 
     def broken(*args: object, **kwargs: object) -> int:
         raise RuntimeError("the tokenizer could not be built")
 
     monkeypatch.setattr(search, "execute", broken)
-    args = SimpleNamespace(runs_dir=str(tmp_path / "runs"), resume=None, name="fails", tracking_uri=None,
-                           overrides=[], warm_start=None, address=None)
+    options = search.SearchOptions(runs_dir=tmp_path / "runs", name="fails")
     with pytest.raises(RuntimeError):
-        search.run_search(task, load_space(space_path), space_path, args)
+        search.run_search(task, load_space(space_path), space_path, options)
     assert not (tmp_path / "runs" / "fails").exists()
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(task.config.name)

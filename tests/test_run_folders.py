@@ -353,7 +353,7 @@ WARM = [("summary_deleted", _delete("summary.json"), "summary.json: missing, so 
 
 @pytest.mark.parametrize(("breaks", "expect"), [w[1:] for w in WARM], ids=[w[0] for w in WARM])
 def test_warm_start_from_a_broken_run(breaks: Callable[[Path], None], expect: str, tmp_path: Path) -> None:
-    from sde_search.search import warm_designs
+    from sde_search.sampler import warm_designs
 
     folder = make_run(tmp_path / "runs")
     breaks(folder)
@@ -363,7 +363,7 @@ def test_warm_start_from_a_broken_run(breaks: Callable[[Path], None], expect: st
 
 
 def test_warm_start_from_a_good_run(tmp_path: Path) -> None:
-    from sde_search.search import warm_designs
+    from sde_search.sampler import warm_designs
 
     make_run(tmp_path / "runs")
     assert warm_designs(tmp_path / "runs", ["it"], top=2) == [DESIGNS[2], DESIGNS[1]]
@@ -379,7 +379,7 @@ RESUME = [("cut", _cut("run.json"), "run.json: not valid JSON"),
 @pytest.mark.parametrize(("breaks", "expect"), [r[1:] for r in RESUME], ids=[r[0] for r in RESUME])
 def test_resume_from_a_broken_run_json(breaks: Callable[[Path], None], expect: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from sde_search.search import RunInfo
+    from sde_search.runfolder import RunInfo
 
     folder = make_run(tmp_path / "runs")
     breaks(folder)
@@ -392,7 +392,7 @@ def test_resume_from_a_broken_run_json(breaks: Callable[[Path], None], expect: s
 
 
 def test_run_info_round_trips(tmp_path: Path) -> None:
-    from sde_search.search import RunInfo
+    from sde_search.runfolder import RunInfo
 
     folder = make_run(tmp_path / "runs")
     info = RunInfo.load(folder)
@@ -410,3 +410,75 @@ def test_a_space_file_edited_after_the_search_leaves_trials_out_of_importance(
     (folder / "run.json").write_text(json.dumps({**info, "space_path": str(ROOT / "search_spaces/sde_hparams.yaml")}))
     assert run_cli([*REPORT, "--runs-dir", str(tmp_path / "runs")]) == 0  # the space now searches lr: no trial has it
     assert "Importance: 9 of 9 full-budget trials are left out" in capsys.readouterr().out
+
+
+_REPORT_IMPORTS = """
+import contextlib, io, json, sys
+from sde_search import cli
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    rc = cli.main(["report", "it", "--runs-dir", sys.argv[1]])
+def loaded(name):
+    return any(m == name or m.startswith(name + ".") for m in sys.modules)
+print(json.dumps({"rc": rc, "heading": out.getvalue().splitlines()[0],
+                  "heavy": [m for m in ("torch", "transformers", "peft", "ray", "mlflow") if loaded(m)],
+                  "control": [m for m in ("sde_search.report", "sde_search.runfolder", "matplotlib") if loaded(m)]}))
+"""
+
+
+def test_the_report_command_imports_no_ray_mlflow_or_torch(tmp_path: Path) -> None:
+    """``sde-search report RUN`` reads files and writes markdown: no training, tracking or Ray (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    folder = make_run(tmp_path / "runs")
+    proc = subprocess.run([sys.executable, "-c", _REPORT_IMPORTS, str(tmp_path / "runs")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0 and result["heading"] == "# sde-search report: it"
+    assert (folder / "report.md").read_text().startswith("# sde-search report: it")  # rebuilt, not the earlier one
+    assert result["control"] == ["sde_search.report", "sde_search.runfolder", "matplotlib"]  # the check sees imports
+    assert result["heavy"] == [], f"sde-search report imported {result['heavy']}"
+
+
+def test_result_logs_and_tune_results_become_rows(tmp_path: Path) -> None:
+    """results/<trial>.jsonl round trip (a line cut by a kill is dropped), and Tune's results as trials.json rows."""
+    import pandas as pd
+
+    from sde_search import runfolder
+
+    assert not runfolder.has_results(tmp_path)
+    runfolder.append_result(tmp_path, "t1", {"report": 1, "score": 0.25})
+    runfolder.append_result(tmp_path, "t1", {"report": 2, "score": 0.5})
+    with open(tmp_path / "results" / "t1.jsonl", "a") as f:
+        f.write('{"report": 3, "sco')  # killed mid-line
+    assert runfolder.has_results(tmp_path)
+    assert runfolder.trial_results(tmp_path, "t1", "trial_t1") == [{"report": 1, "score": 0.25},
+                                                                      {"report": 2, "score": 0.5}]
+    (tmp_path / "tune" / "trial_t2").mkdir(parents=True)  # a search of an older version: Tune's result.json
+    (tmp_path / "tune" / "trial_t2" / "result.json").write_text('{"report": 1}\n')
+    assert runfolder.trial_results(tmp_path, "t2", "trial_t2") == [{"report": 1}]
+    assert runfolder.trial_results(tmp_path, "t3", "trial_t3") == []
+
+    @dataclass
+    class Result:  # the attributes of a Tune result that collect reads
+        metrics: dict[str, Any]
+        config: dict[str, Any]
+        path: str
+        error: Exception | None = None
+        checkpoint: Any = None
+        metrics_dataframe: Any = None
+
+    frame = pd.DataFrame([{"report": 1, "score": 0.1, "time_total_s": 3.0}, {"report": 2, "score": 0.3},
+                          {"report": 2, "score": 0.4}])  # report 2 again after a resume: the last one counts
+    results = [Result({"trial_id": "a", "progress": 1.0, "score": 0.4}, {"design.output_format": "json",
+                                                                          "train.lr": 0.001}, "/x/a", None,
+                      None, frame),
+               Result({"trial_id": "b", "progress": 0.5}, {}, "/x/b"),
+               Result({}, {}, "/x/trial_c", RuntimeError("Traceback ...\n\nValueError: boom\n"))]
+    rows = runfolder.collect(results, {"design.instruction": "last"})
+    assert [(r.trial_id, r.status) for r in rows] == [("a", "full"), ("b", "stopped"), ("trial_c", "failed")]
+    assert rows[0].design == Design(instruction="last", output_format="json") and rows[0].hparams == {"lr": 0.001}
+    assert rows[0].history == [{"report": 1.0, "score": 0.1}, {"report": 2.0, "score": 0.4}]
+    assert rows[1].history == [] and rows[2].error == "ValueError: boom"

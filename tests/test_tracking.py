@@ -98,7 +98,7 @@ class _Trial:
 def test_the_callback_names_tags_and_steps_a_trial_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sde_search.search import TrialTracker
+    from sde_search.tracking import TrialTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(uri)
@@ -125,14 +125,14 @@ def test_ui_prints_the_runs_view_of_each_experiment(tmp_path: Path, monkeypatch:
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
-    from sde_search import cli
+    from sde_search import cli, cli_ui
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     ids = {name: c.create_experiment(name) for name in ("masa", "ner", "unused")}
     for name in ("masa", "ner"):
         c.create_run(ids[name])
     started: list[tuple[list[str], dict[str, str]]] = []
-    monkeypatch.setattr(cli, "run_server", lambda cmd, env: started.append((list(cmd), dict(env))) or 0)
+    monkeypatch.setattr(cli_ui, "run_server", lambda cmd, env: started.append((list(cmd), dict(env))) or 0)
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     assert cli.main(["ui", "--runs-dir", str(tmp_path), "--port", "5123"]) == 0
     out = capsys.readouterr().out
@@ -145,14 +145,14 @@ def test_ui_prints_the_runs_view_of_each_experiment(tmp_path: Path, monkeypatch:
 
 
 def test_telemetry_is_off_unless_the_user_turns_it_on() -> None:
-    from sde_search import cli, search
+    from sde_search import cli_ui, raynodes
 
-    assert cli.ui_env({})["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    assert cli.ui_env({"MLFLOW_DISABLE_TELEMETRY": "false"})["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    assert cli_ui.ui_env({})["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert cli_ui.ui_env({"MLFLOW_DISABLE_TELEMETRY": "false"})["MLFLOW_DISABLE_TELEMETRY"] == "false"
     env: dict[str, str] = {"MLFLOW_DISABLE_TELEMETRY": "false"}
     tracking.telemetry_off(env)
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "false"
-    assert "MLFLOW_DISABLE_TELEMETRY" in search.WORKER_ENV  # the trials' processes get it too
+    assert "MLFLOW_DISABLE_TELEMETRY" in raynodes.WORKER_ENV  # the trials' processes get it too
 
 
 @pytest.mark.parametrize("module", ["sde_search.search", "sde_search.tracking"])
@@ -208,3 +208,30 @@ def test_every_logged_metric_is_documented() -> None:
     names = {n.strip("`") for row in documented for n in row.split(", ")}
     assert sorted({k.removesuffix("_ood") for k in LOGGED} - names) == []  # `_ood`: the same on OOD
     assert not names & tracking.RAY_KEYS
+
+
+def test_the_parent_runs_final_metrics_and_tags_come_from_rows_and_verdict() -> None:
+    from sde_search.analysis import TrialRow
+
+    rows = [TrialRow(t, ES_SDE, {}, s, {}) for t, s in (("a", "full"), ("b", "full"), ("c", "stopped"))]
+    measured = {"measured": True, "score_mean": 0.5}
+    verdict = {"winner": "w", "reads_input": True, "headline": "w reads the input", "candidates": [
+        {"short": "w", "roles": ["top1", "es_sde"], "splits": {"eval_id": measured, "test_ood": {"measured": False}}},
+        {"short": "p", "roles": ["paper_baseline"], "splits": {"test_id": {"measured": True, "score_mean": 0.1}}}]}
+    metrics, tags = tracking.final_metrics(rows, verdict, wall_s=60.0, ray_init_s=2.0)
+    assert metrics == {"wall_s": 60.0, "ray_init_s": 2.0, "reads_input": 1.0, "trials_full": 2.0,
+                       "trials_stopped": 1.0, "trials_failed": 0.0, "winner_eval_id_score_mean": 0.5,
+                       "es_sde_eval_id_score_mean": 0.5, "paper_baseline_test_id_score_mean": 0.1}
+    assert tags == {"sde.verdict": "w reads the input", "sde.reads_input": "true", "sde.winner": "w"}
+    metrics, tags = tracking.final_metrics(rows, {}, wall_s=1.0, ray_init_s=0.5)
+    assert metrics["reads_input"] == 0.0 and tags["sde.winner"] == "-" and "did not run" in tags["sde.verdict"]
+
+
+def test_a_failed_tracking_step_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    def fails(x: int) -> int:
+        raise ConnectionError(f"store {x} away")
+
+    with caplog.at_level("WARNING", logger="sde_search"):
+        assert tracking.tracked("closing the parent run", fails, 7) is None
+        assert tracking.tracked("adding", lambda a, b: a + b, 1, 2) == 3
+    assert caplog.messages == ["warning: MLflow step failed (closing the parent run): ConnectionError: store 7 away"]

@@ -1,4 +1,5 @@
-"""Tests for one trial (``sde_search.train``): encoding, batching, the tiny tokenizer, and ``fit()`` end to end.
+"""Tests for one trial (``sde_search.trial``, ``.model``, ``.batches``): encoding, batching, the tiny tokenizer,
+and ``fit()`` end to end.
 
 The fast tests need no training. ``slow`` ones fit the tiny Llama + LoRA on the demo MASA task on CPU (a few
 seconds each, the learnability check 30-55 s); ``gpu`` ones need CUDA.
@@ -18,11 +19,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sde_search import train
+from sde_search import faults
+from sde_search.batches import Encoded, collate, encode, epoch_order, prompt_ids
+from sde_search.cli_train import peak_rss_mb
 from sde_search.config import Task, load_task
 from sde_search.design import ES_SDE, Design
+from sde_search.faults import FAULT_ENV
+from sde_search.model import TrialError, build_model, build_tiny_tokenizer, model_dtype, resolve_hparams
 from sde_search.render import render
-from sde_search.train import Encoded, TrialError, build_tiny_tokenizer, collate, encode, epoch_order, fit
+from sde_search.trial import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MASA = ROOT / "examples" / "demo_masa.yaml"
@@ -36,7 +41,7 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     """A private tokenizer cache, offline Hugging Face, no injected fault."""
     monkeypatch.setenv("SDE_CACHE", str(tmp_path_factory.getbasetemp() / "sde-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # load_pretrained sets it with setdefault; keep it test-local
-    monkeypatch.delenv(train.FAULT_ENV, raising=False)
+    monkeypatch.delenv(FAULT_ENV, raising=False)
 
 
 def _task(*overrides: str) -> Task:
@@ -101,10 +106,10 @@ def test_chat_designs_wrap_the_prompt_in_a_chat_template_and_mask_it(tokenized: 
     chat = dataclasses.replace(ES_SDE, prompt_template="chat")
     sample = render(task.splits["train"][0], chat, task)
     assert sample == render(task.splits["train"][0], ES_SDE, task)  # render stays raw; framing is the model's
-    ids = train.prompt_ids(sample.prompt, tok, chat)
+    ids = prompt_ids(sample.prompt, tok, chat)
     text = tok.decode(ids)
     assert text == f"<|im_start|>user\n{sample.prompt}<|im_end|>\n<|im_start|>assistant\n"
-    assert ids != train.prompt_ids(sample.prompt, tok, ES_SDE)
+    assert ids != prompt_ids(sample.prompt, tok, ES_SDE)
     e = encode(sample, tok, chat)
     assert e.ids[: len(ids)] == ids and e.labels[: len(ids)] == [-100] * len(ids)
     assert tok.decode(e.labels[len(ids):-1]) == sample.target
@@ -154,17 +159,44 @@ def test_tiny_tokenizer_is_deterministic_and_cached(tmp_path: Path, monkeypatch:
 
 def test_resolve_hparams_applies_overrides() -> None:
     task = _task(*SMALL)
-    hp = train.resolve_hparams(task, {"lr": 0.01, "epochs": 3, "batch_size": "8"})  # searched values may be text
+    hp = resolve_hparams(task, {"lr": 0.01, "epochs": 3, "batch_size": "8"})  # searched values may be text
     assert (hp.lr, hp.epochs, hp.batch_size) == (0.01, 3, 8)
     assert hp.lora_rank == task.config.train.lora_rank
-    assert train.resolve_hparams(task, None) == task.config.train
+    assert resolve_hparams(task, None) == task.config.train
 
 
 @pytest.mark.parametrize("bad", [{"lr": -1.0}, {"epochs": 0}, {"lora_dropout": 1.0}, {"batch_size": "many"},
                                  {"lrr": 0.1}], ids=["negative-lr", "zero-epochs", "dropout-1", "text", "unknown"])
 def test_resolve_hparams_rejects_bad_values(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=next(iter(bad))):
-        train.resolve_hparams(_task(*SMALL), bad)
+        resolve_hparams(_task(*SMALL), bad)
+
+
+
+def test_fault_points_fire_at_their_report_moment_and_design(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, "nan@1,raise@2:instruction=first,raise_once@3,oom@4,hang_eval@5,hang_ckpt@6")
+    monkeypatch.setenv(faults.FAULT_MARK_ENV, str(tmp_path / "mark"))
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    assert math.isnan(faults.point("loss", 1, ES_SDE, 0.5))
+    assert faults.point("loss", 2, ES_SDE, 0.5) == 0.5
+    faults.point("evaluate", 1, ES_SDE)  # nan only poisons the loss
+    with pytest.raises(TrialError, match=r"injected fault at report 2 \(SDE_FAULT\)"):
+        faults.point("evaluate", 2, ES_SDE)
+    faults.point("evaluate", 2, dataclasses.replace(ES_SDE, instruction="last"))  # another design: no fault
+    with pytest.raises(TrialError, match="at report 3, once"):
+        faults.point("evaluate", 3, ES_SDE)
+    faults.point("evaluate", 3, ES_SDE)  # the retried trial goes on
+    assert (tmp_path / "mark.once").exists()
+    with pytest.raises(torch.OutOfMemoryError):
+        faults.point("evaluate", 4, ES_SDE)
+    faults.point("checkpoint", 5, ES_SDE)
+    assert slept == [] and not (tmp_path / "mark").exists()
+    faults.point("evaluate", 5, ES_SDE)
+    assert slept == [300] and (tmp_path / "mark").exists()
+    faults.point("evaluate", 6, ES_SDE)
+    faults.point("checkpoint", 6, ES_SDE)
+    assert slept == [300, 300]
 
 
 # ---------------------------------------------------------------- slow: fit() end to end
@@ -228,13 +260,15 @@ def _save_tiny_model(task: Task, path: Path) -> None:
 def _fit_capturing(task: Task, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, float]], torch.nn.Module]:
     """Fits and returns the reports and the (LoRA-wrapped) model that was trained."""
     models: list[torch.nn.Module] = []
-    add_lora = train.add_lora
+    from sde_search import model as modelling
+
+    add_lora = modelling.add_lora
 
     def capture(*args: Any, **kwargs: Any) -> torch.nn.Module:
         models.append(add_lora(*args, **kwargs))
         return models[-1]
 
-    monkeypatch.setattr(train, "add_lora", capture)
+    monkeypatch.setattr(modelling, "add_lora", capture)
     reports, _, report = _collect()
     fit(task, ES_SDE, report=report)
     assert len(models) == 1
@@ -253,7 +287,7 @@ def test_a_local_model_folder_loads_by_name(tmp_path: Path, monkeypatch: pytest.
     reports, model = _fit_capturing(task, monkeypatch)
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
     assert model.base_model.model.config.hidden_size == 32  # the saved model, not the tiny default (128)
-    assert all(p.dtype == train.model_dtype("auto") == torch.float32 for p in _base_weights(model))
+    assert all(p.dtype == model_dtype("auto") == torch.float32 for p in _base_weights(model))
     again, _ = _fit_capturing(task, monkeypatch)  # the LoRA init of a pretrained model is seeded too
     assert again[0]["train_loss"] == reports[0]["train_loss"]
 
@@ -278,7 +312,7 @@ def test_the_tiny_model_learns_a_fixed_list_masa_task() -> None:
 @pytest.mark.parametrize(("fault", "error"), [("nan@1", TrialError), ("raise@1", TrialError),
                                               ("oom@1", torch.OutOfMemoryError)])
 def test_injected_faults_fail_the_trial(fault: str, error: type[Exception], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(train.FAULT_ENV, fault)
+    monkeypatch.setenv(FAULT_ENV, fault)
     reports, _, report = _collect()
     with pytest.raises(error):
         fit(_task(*SMALL, "train.epochs=1", "train.reports_per_epoch=1"), ES_SDE, report=report)
@@ -310,7 +344,7 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
     monkeypatch.setenv("SDE_CACHE", str(tmp_path / "cache"))  # empty: the first load converts the GGUF
     task = _task(*SMOL)
     t0 = time.perf_counter()
-    model, tok, tiny = train.build_model(task)
+    model, tok, tiny = build_model(task)
     convert_s = time.perf_counter() - t0
     [folder] = [f for f in (tmp_path / "cache" / "models").glob("SmolLM2-135M-Instruct.Q4_1-*") if f.is_dir()]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in folder.iterdir()}
@@ -319,7 +353,7 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.generation_config.eos_token_id
     assert tok.pad_token_id is not None and tok.bos_token_id is not None
-    chat = tok.decode(train.prompt_ids("Hi", tok, dataclasses.replace(ES_SDE, prompt_template="chat")))
+    chat = tok.decode(prompt_ids("Hi", tok, dataclasses.replace(ES_SDE, prompt_template="chat")))
     assert chat.startswith("<|im_start|>system\n") and chat.endswith("<|im_start|>user\nHi<|im_end|>\n"
                                                                    "<|im_start|>assistant\n")  # its own template
     before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:3]}
@@ -328,9 +362,9 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
     def no_conversion(*args: Any) -> None:
         raise AssertionError("the cached HF folder should have been loaded")
 
-    monkeypatch.setattr(train, "_convert_gguf", no_conversion)
+    monkeypatch.setattr("sde_search.model._convert_gguf", no_conversion)
     t0 = time.perf_counter()
-    again, _, _ = train.build_model(task)
+    again, _, _ = build_model(task)
     cached_s = time.perf_counter() - t0
     assert all(torch.equal(p, before[n]) for n, p in again.named_parameters() if n in before)
     del again
@@ -345,7 +379,7 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
     print(f"\nsmollm2-135m: conversion {convert_s:.1f} s, cached load {cached_s:.1f} s, "
           f"{final['train_s'] / 2:.1f} s/step (batch 4, {final['tokens_per_sample']:.0f} tokens/sample), "
           f"generation {final['gen_s']:.1f} s (2 x 4 prompts, 16 new tokens), loss {final['train_loss']:.2f}, "
-          f"score {final['score']:.3f}, peak RSS {train.peak_rss_mb():.0f} MiB")
+          f"score {final['score']:.3f}, peak RSS {peak_rss_mb():.0f} MiB")
 
 
 # ---------------------------------------------------------------- gpu
@@ -355,7 +389,7 @@ def test_smollm2_converts_once_then_fine_tunes_and_generates(tmp_path: Path, mon
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fit_on_gpu_uses_cuda_and_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     one = ["data.max_train=32", "data.max_eval=8", "train.epochs=1", "train.reports_per_epoch=1"]
-    assert train.model_dtype("auto") == torch.bfloat16
+    assert model_dtype("auto") == torch.bfloat16
     reports, model = _fit_capturing(_task(*one), monkeypatch)  # tiny: built in fp32, trained on the GPU
     assert math.isfinite(reports[0]["train_loss"])
     assert all(p.device.type == "cuda" for p in model.parameters())

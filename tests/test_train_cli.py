@@ -119,7 +119,7 @@ def test_train_writes_its_generations_and_test_adds_the_test_splits(capsys: pyte
     assert "test (scored once, from the last checkpoint): ID kappa" in out
     assert f"generations in {Path('runs') / folder.name / 'outputs'}: design.eval_id.jsonl" in out
     rows = _rows(folder / "outputs" / "design.test_id.jsonl")  # the search's reader takes train's files
-    from sde_search import report  # imports MLflow: only here
+    from sde_search import report
 
     diff = report.versus_fixed(task, folder, "design", "test_id")
     assert diff is not None and diff.records == len(rows)
@@ -135,9 +135,9 @@ def test_train_writes_its_generations_and_test_adds_the_test_splits(capsys: pyte
 
 
 def test_a_test_row_without_test_id_shows_dashes_for_id() -> None:
-    from sde_search import train  # torch, peft
+    from sde_search import cli_train  # torch, peft
 
-    assert train._cells({"score_ood": 0.5, "format_error_rate_ood": 0.25}, True).split() == ["-", "-", "0.500",
-                                                                                            "0.25", "-"]
-    assert train._cells({"score": 0.5, "format_error_rate": 0.0, "baseline_fixed": 0.25}, False).split() == [
+    assert cli_train._cells({"score_ood": 0.5, "format_error_rate_ood": 0.25}, True).split() == [
+        "-", "-", "0.500", "0.25", "-"]
+    assert cli_train._cells({"score": 0.5, "format_error_rate": 0.0, "baseline_fixed": 0.25}, False).split() == [
         "0.500", "0.00", "0.250"]

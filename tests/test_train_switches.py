@@ -18,11 +18,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sde_search import steps, train
+from sde_search import steps
+from sde_search.batches import Encoded, collate, encode
+from sde_search.cli_train import optimizer_line
 from sde_search.config import ConfigError, TrainConfig, load_space, load_task
 from sde_search.design import ES_SDE
+from sde_search.model import add_lora, build_tiny_tokenizer
 from sde_search.render import render
-from sde_search.train import Encoded, collate
+from sde_search.trial import TrainState, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MASA = ROOT / "examples" / "demo_masa.yaml"
@@ -177,7 +180,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients() -> None:
         if checkpointing:
             steps.enable_grad_checkpointing(base)
         torch.manual_seed(5)
-        model = train.add_lora(base, hp, tiny=False)
+        model = add_lora(base, hp, tiny=False)
         model.train()
         stepper = steps.Stepper(model, hp, 1, CPU, None)
         seen = _grads_at_step(stepper)
@@ -197,18 +200,19 @@ def test_a_checkpoint_restores_the_schedule_and_the_scaler(tmp_path: Path) -> No
 
     def build() -> tuple[torch.nn.Module, steps.Stepper]:
         torch.manual_seed(5)
-        model = train.add_lora(_lm(), hp, tiny=False)
+        model = add_lora(_lm(), hp, tiny=False)
         return model, steps.Stepper(model, hp, 10, CPU, torch.float16)
 
     model, stepper = build()
     for _ in range(4):
         stepper.step(model, [batch])
     stepper.scaler.update(new_scale=1024.0)
-    path = train._save_checkpoint(str(tmp_path), 1, model, stepper, 4, 1.0, 2.0, 100, 3.0)
+    saved = TrainState(step=4, train_s=1.0, gen_s=2.0, tokens=100, fit_s=3.0)
+    path = saved.save(tmp_path / "report-0001", model, stepper)
 
     resumed_model, resumed = build()
     assert resumed.lr != stepper.lr
-    assert train._load_checkpoint(path, resumed_model, resumed)[0] == 4
+    assert TrainState.load(path, resumed_model, resumed) == saved
     assert resumed.lr == stepper.lr
     assert resumed.scheduler.last_epoch == stepper.scheduler.last_epoch == 4
     assert resumed.scaler.get_scale() == 1024.0
@@ -279,14 +283,14 @@ def test_heartbeat_logs_step_loss_and_seconds_per_step(caplog: pytest.LogCapture
     assert off.tick(1, 1.0, 1.0, 1e-3) is None
 
 
-def test_a_search_shows_the_heartbeats_its_trials_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sde_search import search
+def test_a_search_shows_the_heartbeats_its_trials_write(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sde_search import progress as shown
 
     folder = tmp_path / "heartbeats"
     folder.mkdir()
     (folder / "t1.json").write_text('{"stale": true}')  # left by an earlier run of the trial
     now = [0.0]
-    with search.HeartbeatFile.installed(str(folder), "t1"):
+    with shown.HeartbeatFile.installed(str(folder), "t1"):
         assert not (folder / "t1.json").exists()
         beat = steps.Heartbeat(1.0, 50, step=6, clock=lambda: now[0])
         now[0] = 2.0
@@ -294,12 +298,13 @@ def test_a_search_shows_the_heartbeats_its_trials_write(tmp_path: Path, capsys: 
     written: dict[str, Any] = json.loads((folder / "t1.json").read_text())
     assert written["step"] == 7 and written["total"] == 50
 
-    progress = search.Progress(2, "score", folder)
+    caplog.set_level(logging.INFO, logger="sde_search.progress")
+    progress = shown.Progress(2, "score", folder)
     progress.running.add("t1")
     progress.on_step_end(1, [])
     progress.polled = 0.0
     progress.on_step_end(2, [])  # the same heartbeat is not shown twice
-    lines = [line for line in capsys.readouterr().out.splitlines() if "beat" in line]
+    lines = [r.getMessage() for r in caplog.records if "beat" in r.getMessage()]
     assert len(lines) == 1
     assert "beat  t1: step 7/50, loss 1.250, 0.40 s/step" in lines[0]
 
@@ -327,15 +332,15 @@ def test_fit_with_every_switch_resumes_exactly(tmp_path: Path, monkeypatch: pyte
 
         return report
 
-    train.fit(task, ES_SDE, report=collect("a"), checkpoint_dir=str(tmp_path / "a"))
+    fit(task, ES_SDE, report=collect("a"), checkpoint_dir=str(tmp_path / "a"))
     with pytest.raises(KeyboardInterrupt):
-        train.fit(task, ES_SDE, report=collect("b", stop_after=1), checkpoint_dir=str(tmp_path / "b"))
-    train.fit(task, ES_SDE, report=collect("c"), checkpoint_dir=str(tmp_path / "c"), resume_from=paths["b"][0])
+        fit(task, ES_SDE, report=collect("b", stop_after=1), checkpoint_dir=str(tmp_path / "b"))
+    fit(task, ES_SDE, report=collect("c"), checkpoint_dir=str(tmp_path / "c"), resume_from=paths["b"][0])
 
     # 40 records in optimizer steps of 4 x 2: 5 per epoch, each record seen once per epoch
     assert [m["step"] for m in runs["a"]] == [5.0, 10.0]
     assert [m["progress"] for m in runs["a"]] == [0.5, 1.0]
-    tokens = sum(len(train.encode(render(r, ES_SDE, task), train.build_tiny_tokenizer(task), ES_SDE).ids)
+    tokens = sum(len(encode(render(r, ES_SDE, task), build_tiny_tokenizer(task), ES_SDE).ids)
                  for r in task.splits["train"])
     assert runs["a"][0]["train_tokens"] == tokens
     for got, want in zip(runs["b"] + runs["c"], runs["a"], strict=True):
@@ -354,10 +359,10 @@ def test_the_training_page_documents_every_train_key() -> None:
 
 
 def test_sde_search_train_states_the_switches_in_words() -> None:
-    assert train.optimizer_line(TrainConfig(), 200, CPU) == (
+    assert optimizer_line(TrainConfig(), 200, CPU) == (
         "156 optimizer steps of 16 records, lr 0.003 constant, no clipping, fp32 on CPU, a progress line every 60 s")
-    line = train.optimizer_line(TrainConfig(epochs=1, batch_size=2, grad_accum=2, warmup=0.25, schedule="cosine",
-                                            max_grad_norm=1.0, grad_checkpointing=True, heartbeat_s=0), 16, CPU)
+    line = optimizer_line(TrainConfig(epochs=1, batch_size=2, grad_accum=2, warmup=0.25, schedule="cosine",
+                                      max_grad_norm=1.0, grad_checkpointing=True, heartbeat_s=0), 16, CPU)
     assert line == ("4 optimizer steps of 2 x 2 accumulated records, lr 0.003 cosine after 1 warmup steps, "
                     "gradient clipped at norm 1, fp32 on CPU, gradient checkpointing")
 
