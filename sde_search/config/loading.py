@@ -24,6 +24,20 @@ from sde_search.data.task import Task
 from sde_search.tasks import clip
 
 
+def _read(path: str | Path, overrides: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """The resolved path and the file's mapping with the ``--set`` overrides applied.
+
+    Raises:
+        ConfigError: When the file cannot be read as a YAML mapping or an override is malformed.
+    """
+    path = resolve_path(path)
+    problems: list[str] = []
+    raw = apply_overrides(read_yaml(path, problems), overrides, problems)
+    if problems:
+        raise ConfigError(problems)
+    return path, raw
+
+
 def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     """Loads and validates a task file and its data.
 
@@ -37,11 +51,8 @@ def load_task(path: str | Path, overrides: Sequence[str] = ()) -> Task:
     Raises:
         ConfigError: With every problem found.
     """
-    path = resolve_path(path)
+    path, raw = _read(path, overrides)
     problems: list[str] = []
-    raw = apply_overrides(read_yaml(path, problems), overrides, problems)
-    if problems:
-        raise ConfigError(problems)
     problems.extend(_load_plugins(raw.get("plugins"), path))
     config = None
     with collect(problems, str(path)):
@@ -90,11 +101,8 @@ def load_space(path: str | Path, overrides: Sequence[str] = ()) -> SpaceConfig:
     Raises:
         ConfigError: With every problem found.
     """
-    path = resolve_path(path)
+    path, raw = _read(path, overrides)
     problems: list[str] = []
-    raw = apply_overrides(read_yaml(path, problems), overrides, problems)
-    if problems:
-        raise ConfigError(problems)
     space = None
     with collect(problems, str(path)):
         space = SpaceConfig.model_validate(raw)
