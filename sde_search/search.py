@@ -37,7 +37,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # MLflow's usage telemetry stays off unless the user set the variable; read when mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
 import optuna  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -298,7 +297,7 @@ def _find_run(runs_dir: Path, which: str, task: Task) -> Path:
 def execute(plan: TunePlan, *, ray_init_s: float) -> int:
     """Builds the Tuner (or restores it) on the running Ray, runs it and reports; returns the exit code."""
     task, space, info = plan.task, plan.space, plan.info
-    mlflow.set_tracking_uri(info.tracking_uri)
+    tracking.use_store(info)
     if task.config.model.name == "tiny":
         from sde_search.model import build_tiny_tokenizer
 

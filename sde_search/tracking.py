@@ -36,6 +36,7 @@ def telemetry_off(env: MutableMapping[str, str]) -> None:
 
 telemetry_off(os.environ)  # before the import below: MLflow starts its telemetry client at import time
 
+import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -66,6 +67,11 @@ and are kept out of MLflow."""
 
 RENAMED = {"step": "optimizer_step"}
 """Result keys logged under another name: MLflow's own ``step`` axis is the report number."""
+
+def use_store(info: RunInfo) -> None:
+    """Points this process's MLflow fluent API (and Ray's MLflow callback in it) at the search's tracking store."""
+    mlflow.set_tracking_uri(info.tracking_uri)
+
 
 def client(info: RunInfo) -> MlflowClient:
     """A client of the search's tracking store."""
