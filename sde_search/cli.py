@@ -153,6 +153,11 @@ def _search_args(s: argparse.ArgumentParser) -> None:
                    help="Resume an interrupted search (default: the latest run of this task).")
     s.add_argument("--address", help="Join an existing Ray cluster (default: a local Ray on 127.0.0.1).")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the run directory).")
+    s.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="Shared storage for Tune's experiment, the trials' checkpoints and a copy of the run folder: "
+                        "a folder every node sees, or a URI pyarrow opens (s3://, gs://, file://). Needed when "
+                        "trials run on other machines; with --resume, where a run missing here is fetched from "
+                        "(default: the task's tracking.storage, else the run folder alone).")
     s.add_argument("--name", help="Run name (default: <task>-<timestamp>).")
     s.add_argument("--runs-dir", default="runs", help="Where run directories go (default: ./runs).")
     s.add_argument("--warm-start", nargs="+", default=[], metavar="RUN",
@@ -228,6 +233,8 @@ def _search(args: argparse.Namespace) -> int:
         extra.append(design)
     uri = None if args.resume else args.tracking_uri  # a resumed search keeps the store it started with
     problems = [f"--tracking-uri {preflight.cut(uri)}: {p}" for p in preflight.tracking_problems(uri)] if uri else []
+    if args.storage is not None:
+        problems += [f"--storage {p}" for p in preflight.storage_problems(args.storage)]
     baselines = [ES_SDE, PAPER_BASELINE, *(PRESETS[b] for b in space.baselines if b in PRESETS)]
     trip = render_check.round_trip(task, render_check.space_designs(space, [*baselines, *extra]))
     problems.extend(render_check.problems(task, space, [*baselines, *extra], trip))  # what --check prints must hold
@@ -239,7 +246,7 @@ def _search(args: argparse.Namespace) -> int:
     from sde_search import search  # heavy: Ray, MLflow
 
     options = search.SearchOptions(runs_dir=Path(args.runs_dir), name=args.name, resume=args.resume,
-                                   address=args.address, tracking_uri=args.tracking_uri,
+                                   address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
                                    overrides=tuple(args.overrides), warm_start=tuple(args.warm_start))
     return search.run_search(task, space, space_path, options)
 

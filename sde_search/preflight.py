@@ -6,7 +6,8 @@ instruction template that fails when filled in. Functions take plain values and 
 fragments (``what is wrong (allowed: ...)``); :mod:`sde_search.config` prefixes them with the file and key.
 
 Pure: the standard library only; never imports torch, transformers, peft, Ray or MLflow (it reads a model's
-``config.json`` as JSON and the ``tokenizers`` package only counts tokens when a folder ships ``tokenizer.json``).
+``config.json`` as JSON, the ``tokenizers`` package only counts tokens when a folder ships ``tokenizer.json``, and
+``pyarrow`` is asked whether it opens a storage URI).
 """
 
 from __future__ import annotations
@@ -287,6 +288,38 @@ def _regex_problems(target: str, info: ModelInfo, model: str, allowed: str) -> l
     return [f"{shown(target)} matches no module of {model}: a single string is a regular expression matched "
             f"against whole module names such as {example}; write .*{target} (or, in the task file, a list "
             f"[{target}]) ({allowed})"]
+
+
+# ---------------------------------------------------------------- storage
+
+
+def storage_problems(given: str) -> list[str]:
+    """Why a search could not use ``given`` as its shared storage (``--storage``, ``tracking.storage``); [] when it can.
+
+    A URI must name a filesystem pyarrow opens (Tune writes the experiment through it); a path must be a folder,
+    or one that can be made, that this user can write.
+    """
+    if not given.strip():
+        return ["empty (allowed: a folder every node sees, or a URI such as s3://bucket/sde or file:///shared/sde)"]
+    if "://" in given:
+        import pyarrow.fs  # type: ignore[import-untyped]  # imported here: only a search naming a storage pays
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(given)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for what it cannot open
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return [f"{clip(given)}: pyarrow cannot open it ({clip(first, 160)}; allowed: a path, or a URI of a "
+                    "filesystem pyarrow has: s3://, gs://, hdfs://, abfs://, file://)"]
+        return []
+    path = Path(given).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"{clip(given)}: {clip(str(existing))} is a file, not a folder (allowed: a folder, or a URI)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{clip(given)}: {clip(str(existing))} is not writable (allowed: a folder this user can write)"]
+    return []
 
 
 # ---------------------------------------------------------------- tracking

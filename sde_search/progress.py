@@ -41,8 +41,11 @@ class HeartbeatFile(logging.Handler):
         """Writes to ``path``; removes a heartbeat an earlier run of the same trial left there."""
         super().__init__(logging.INFO)
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+        # On another node of a cluster the driver's run folder may not exist and may not be creatable: then the
+        # heartbeats land nowhere and the trial goes on (its reports reach the driver through Tune).
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
 
     def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
         beat = getattr(record, "heartbeat", None)
@@ -91,6 +94,10 @@ class Progress(tune.Callback):
         self.running: set[str] = set()
         self.last: dict[str, dict[str, Any]] = {}
         self.heartbeats, self.beats = heartbeats, {}
+
+    def relocate(self, info: runfolder.RunInfo) -> None:
+        """Reads the heartbeats of ``info``'s run folder from now on (a restored search's folder may have moved)."""
+        self.heartbeats = Path(info.run_dir) / HEARTBEATS
 
     def _line(self, text: str) -> None:
         elapsed = time.time() - self.t0

@@ -66,6 +66,10 @@ class StateKeeper(tune.Callback):
         self.root = Path(run_dir) / "state"
         self.seen: int | None = None
 
+    def relocate(self, info: RunInfo) -> None:
+        """Keeps the copies in ``info``'s run folder from now on (see :func:`relocate`)."""
+        self.root = Path(info.run_dir) / "state"
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102
         if trials:
             self.keep(Path(trials[0].storage.experiment_driver_staging_path))
@@ -110,8 +114,25 @@ class ResultLog(tune.Callback):
         """Keeps the logs under ``run_dir / 'results'``."""
         self.root = Path(run_dir) / runfolder.RESULTS
 
+    def relocate(self, info: RunInfo) -> None:
+        """Writes into ``info``'s run folder from now on (see :func:`relocate`)."""
+        self.root = Path(info.run_dir) / runfolder.RESULTS
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:  # noqa: D102
         runfolder.append_result(self.root.parent, trial.trial_id, result)
+
+
+def relocate(tuner: tune.Tuner, info: RunInfo) -> None:
+    """Points the callbacks of a restored Tuner at the run folder where it is now.
+
+    Tune restores its callbacks from the pickled Tuner, holding the run folder they were made for; a run fetched
+    from shared storage onto another machine, or a moved folder, lives elsewhere now. The callbacks of this package
+    have a ``relocate(info)`` method; others are left as they are.
+    """
+    local = getattr(tuner, "_local_tuner", None)  # None under Ray Client, where the callbacks live on the cluster
+    for callback in (local.get_run_config().callbacks or []) if local is not None else []:
+        if hasattr(callback, "relocate"):
+            callback.relocate(info)
 
 
 def restore_snapshot(run_dir: Path) -> bool:

@@ -44,6 +44,8 @@ class RunInfo:
     parent_run_id: str
     study_name: str
     overrides: tuple[str, ...] = ()
+    storage: str = ""
+    """Shared storage of Tune's experiment and a copy of this folder (``--storage``); empty: this folder alone."""
 
     def save(self) -> None:
         """Writes ``run.json`` (atomically: a kill leaves the old or the new file)."""
@@ -54,7 +56,9 @@ class RunInfo:
     def load(cls, run_dir: Path) -> RunInfo:
         """Reads ``run.json`` of a run directory (raises ConfigError naming it when it is cut short or mistyped).
 
-        Every field must be there with its type (``overrides`` may be absent); keys of other versions are ignored.
+        Every field must be there with its type (``overrides`` and ``storage`` may be absent); keys of other versions
+        are ignored. ``run_dir`` is the folder read, whatever the file says: a folder fetched from shared storage,
+        or moved, names the place it was written in.
         """
         kinds = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "tuple[str, ...]": "list"}
         optional = {f.name for f in dataclasses.fields(cls)
@@ -62,7 +66,8 @@ class RunInfo:
         fields = {f.name: kinds.get(str(f.type), "string|integer|number|boolean|list|mapping|null")
                   + ("?" if f.name in optional else "") for f in dataclasses.fields(cls)}
         data = read_run_info(run_dir, fields)
-        return cls(**{**{k: v for k, v in data.items() if k in fields}, "overrides": tuple(data.get("overrides", ()))})
+        return cls(**{**{k: v for k, v in data.items() if k in fields}, "overrides": tuple(data.get("overrides", ())),
+                      "run_dir": os.path.abspath(run_dir)})
 
 
 # ---------------------------------------------------------------- results/<trial>.jsonl

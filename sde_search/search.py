@@ -47,7 +47,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 # Progress, FullBudgetOptunaSearch and TrialTracker are imported by name: the Tune state of a search started
 # before they moved out of this module names them ``sde_search.search.<name>``, and --resume unpickles it.
-from sde_search import console, raynodes, resume, runfolder, stages, tracking  # noqa: E402
+from sde_search import console, raynodes, resume, runfolder, stages, storage, tracking  # noqa: E402
 from sde_search.progress import HEARTBEATS, HeartbeatFile, Progress  # noqa: E402
 from sde_search.pruner import EvidenceASHA  # noqa: E402
 from sde_search.runfolder import RunInfo  # noqa: E402
@@ -71,6 +71,10 @@ class SearchOptions:
         resume: The run to resume (``--resume RUN``; ``latest``: the task's newest); None: a new search.
         address: A Ray cluster to join (``--address``); None: a local Ray on 127.0.0.1.
         tracking_uri: The MLflow store (``--tracking-uri``); None: the task's, else SQLite in the runs folder.
+        storage: Shared storage for Tune's experiment and a copy of the run folder (``--storage``, a path or a URI
+            pyarrow opens); None: the task's ``tracking.storage``, else the run folder alone. A resumed search
+            keeps the storage it started with; given with ``--resume``, it is where a run folder missing here is
+            fetched from.
         overrides: The ``--set`` overrides, kept in ``run.json`` so a resume or a report loads the same task.
         warm_start: Earlier runs whose best designs are tried first (``--warm-start``).
     """
@@ -80,6 +84,7 @@ class SearchOptions:
     resume: str | None = None
     address: str | None = None
     tracking_uri: str | None = None
+    storage: str | None = None
     overrides: tuple[str, ...] = ()
     warm_start: tuple[str, ...] = ()
 
@@ -188,7 +193,7 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, options: Search
     check_runs_dir(runs_dir)
     info: RunInfo | None = None
     if options.resume:
-        run_dir = _find_run(runs_dir, options.resume, task)
+        run_dir = _find_run(runs_dir, options.resume, task, options.storage or task.config.tracking.storage)
         info = RunInfo.load(run_dir)
     else:
         new = _new_run_info(task, space_path, options, runs_dir)
@@ -235,10 +240,15 @@ def _new_run_info(task: Task, space_path: Path, options: SearchOptions, runs_dir
     uri = tracking.tracking_uri_for(runs_dir, options.tracking_uri, task)
     if options.tracking_uri or task.config.tracking.uri:  # the default store's folder is made with the run
         tracking.check_tracking(uri)
+    shared = options.storage or task.config.tracking.storage
+    shared = storage.resolve(shared) if shared else ""
+    if shared and storage.exists(storage.join(shared, name)):
+        raise ConfigError([f"--name {name}: {storage.join(shared, name)} exists on the storage; pick another name "
+                           f"or --resume {name}"])
     return RunInfo(name=name, run_dir=str(run_dir), task_path=str(task.path), space_path=str(space_path),
                    tracking_uri=uri, experiment=task.config.tracking.experiment or task.config.name,
                    parent_run_id="", study_name=study_name(task.config.name, name),
-                   overrides=tuple(options.overrides))
+                   overrides=tuple(options.overrides), storage=shared)
 
 
 MAX_RUN_NAME = 120  # Tune's trial folders add about 130 characters under it; most file systems allow 255
@@ -278,11 +288,18 @@ def _remove_new_run(run_dir: Path, info: RunInfo | None) -> None:
     log.error(f"the search failed before any trial reported; removed {run_dir} and its MLflow run")  # on stderr
 
 
-def _find_run(runs_dir: Path, which: str, task: Task) -> Path:
+def _find_run(runs_dir: Path, which: str, task: Task, shared: str | None = None) -> Path:
+    """The run folder ``--resume`` names; one missing here is fetched from the storage when one is given."""
     if which != "latest":
         path = runs_dir / which
+        if not (path / "run.json").exists() and shared:
+            check_run_name(which)
+            fetched = storage.pull_run(storage.resolve(shared), which, path)
+            if fetched:
+                log.info(f"fetched {fetched} files of run {which} from {storage.join(storage.resolve(shared), which)}")
         if not (path / "run.json").exists():
-            raise ConfigError([f"--resume {which}: no run at {path}"])
+            where = f" (nor at {storage.join(storage.resolve(shared), which)})" if shared else ""
+            raise ConfigError([f"--resume {which}: no run at {path}{where}"])
         return path
     candidates = sorted((p for p in runs_dir.glob(f"{task.config.name}-*") if (p / "run.json").exists()),
                         key=lambda p: p.stat().st_mtime)
@@ -318,28 +335,40 @@ def execute(plan: TunePlan, *, ray_init_s: float) -> int:
         ray.shutdown()
     finished = results.num_terminated + results.num_errors
     if finished < space.budget.num_samples:  # Ctrl-C: Tune saved its state and returned early
+        if info.storage:
+            storage.RunMirror(info).push()
         log.info(f"\ninterrupted after {finished} of {space.budget.num_samples} trials; everything is saved. "
                  f"Continue with: sde-search --task {task.path} --resume {info.name}"
                  + (f" --runs-dir {plan.run_dir.parent}" if plan.run_dir.parent.name != "runs" else ""))
         raise KeyboardInterrupt
     wall = time.time() - t0 + ray_init_s
-    return stages.finish(task, space, info, results, metric=plan.metric, wall_s=wall, ray_init_s=ray_init_s)
+    code = stages.finish(task, space, info, results, metric=plan.metric, wall_s=wall, ray_init_s=ray_init_s)
+    if info.storage:  # the report and the seed stage's files join the copy there
+        log.info(f"run folder copied to {storage.join(info.storage, info.name)} ({storage.push_run(info)} files)")
+    return code
 
 
 def _tuner(plan: TunePlan, fn: Any) -> tune.Tuner:
     """The Tuner of an interrupted search restored (its state repaired first), else a new one."""
-    experiment_dir = plan.run_dir / "tune"
-    if experiment_dir.exists():
+    info = plan.info
+    experiment = storage.experiment_uri(info)
+    if storage.exists(experiment):
+        if info.storage:  # the resume repairs the state files in the run folder, then puts them back
+            storage.pull_state(info)
         objective = ["score", "score_ood"] if plan.task.config.objective == "pareto" else plan.metric
-        repair = resume.prepare(plan.info, objective)
+        repair = resume.prepare(info, objective)
         for line in repair.lines():
             log.info(line)
         if not repair.fresh:
-            tracking.close_stale_runs(plan.info)
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable=fn, resume_unfinished=True,
-                                       restart_errored=True)
-            log.info(f"resuming {plan.info.name} from {experiment_dir}")
+            if info.storage:
+                storage.push_state(info)
+            tracking.close_stale_runs(info)
+            tuner = tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True, restart_errored=True)
+            resume.relocate(tuner, info)
+            log.info(f"resuming {info.name} from {experiment}")
             return tuner
+        if info.storage:  # set aside there too, as resume.prepare did with the run folder's copy
+            storage.discard_experiment(info)
     return _new_tuner(plan, fn, _callbacks(plan))
 
 
@@ -350,27 +379,30 @@ def _callbacks(plan: TunePlan) -> list[tune.Callback]:
             TrialTracker(tracking_uri=info.tracking_uri, experiment_name=info.experiment, fixed=plan.fixed,
                          tags={"mlflow.parentRunId": info.parent_run_id, "sde.kind": "trial"}),
             Progress(plan.space.budget.num_samples, plan.metric, plan.run_dir / HEARTBEATS, plan.fixed),
-            resume.ResultLog(plan.run_dir), resume.StateKeeper(plan.run_dir)]
+            resume.ResultLog(plan.run_dir), resume.StateKeeper(plan.run_dir),
+            *([storage.RunMirror(info)] if info.storage else [])]
 
 
 def _new_tuner(plan: TunePlan, fn: Any, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
     """A new Tuner: the Optuna searcher on the run's study, ASHA (or FIFO), the budget and the callbacks."""
     space, searched = plan.space, plan.searched
-    storage = optuna.storages.RDBStorage(f"sqlite:///{plan.run_dir / 'optuna.db'}")
+    study_store = optuna.storages.RDBStorage(f"sqlite:///{plan.run_dir / 'optuna.db'}")
     pareto = plan.task.config.objective == "pareto"
     search_alg = FullBudgetOptunaSearch(space=searched, metric=["score", "score_ood"] if pareto else plan.metric,
                                         mode=["max", "max"] if pareto else "max",
                                         points_to_evaluate=baseline_points(space, searched, plan.task,
                                                                            plan.warm) or None,
                                         sampler=make_sampler(space, searched), study_name=plan.info.study_name,
-                                        storage=storage)
+                                        storage=study_store)
     return tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=_scheduler(plan),
                                     num_samples=space.budget.num_samples,
                                     max_concurrent_trials=space.budget.max_concurrent,
                                     reuse_actors=plan.reuse_actors),
-        run_config=tune.RunConfig(name="tune", storage_path=str(plan.run_dir), callbacks=list(callbacks), verbose=0,
+        run_config=tune.RunConfig(name=storage.EXPERIMENT,
+                                  storage_path=storage.experiment_uri(plan.info).rsplit("/", 1)[0],
+                                  callbacks=list(callbacks), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   failure_config=tune.FailureConfig(max_failures=space.budget.max_failures)),
     )

@@ -48,7 +48,7 @@ FLOORS = (
      "batches"),                                                                 # core that reads the config
     ("runfolder", "report", "model", "faults", "scoring", "trial", "robust", "seedruns"),  # run folder, model, trial
     ("tracking",),                                                               # every MLflow call
-    ("stages", "resume", "searcher", "raynodes", "progress", "search"),          # search wiring
+    ("stages", "resume", "searcher", "raynodes", "progress", "storage", "search"),  # search wiring
     ("cli", "cli_check", "cli_train", "cli_ui", ""),                             # the commands
 )
 

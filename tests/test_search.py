@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -108,10 +109,15 @@ def test_killed_driver_then_resume(tmp_path, sig, moment):
 
     SIGKILL leaves Ray's own processes (GCS, raylet, workers) alive: the resume must stop them, found through the PIDs
     this run recorded, and the search must end with every invariant.
+
+    The SIGINT search keeps Tune's experiment on shared storage (``--storage file://...``) and its driver's run folder
+    is deleted before the resume, as when the driver machine is gone: the resume fetches the folder's copy from the
+    storage and restores Tune from there.
     """
-    runs, mark = tmp_path / "runs", tmp_path / "hanging"
+    runs, mark, shared = tmp_path / "runs", tmp_path / "hanging", (tmp_path / "shared").as_uri()
     small = ["--set", "space.budget.num_samples=4", "--set", "train.epochs=2", "--set", "train.reports_per_epoch=2",
-             "--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0"]
+             "--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0",
+             *(["--storage", shared] if sig == "SIGINT" else [])]
     env = {**_env(tmp_path), "SDE_FAULT": f"{moment}@2:instruction=first", "SDE_FAULT_MARK": str(mark)}
     proc = subprocess.Popen(_cmd(runs, "--name", "killed", *small), cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -127,12 +133,19 @@ def test_killed_driver_then_resume(tmp_path, sig, moment):
         assert "interrupted after" in out and "--resume killed" in out
     _, parent, _ = _mlflow_runs(runs, "killed")
     assert parent.info.status != "FINISHED"
+    if sig == "SIGINT":
+        assert not (runs / "killed" / "tune").exists()  # Tune's experiment went to the storage
+        assert list((tmp_path / "shared" / "killed" / "tune").glob("trainable_*/checkpoint_*"))
+        shutil.rmtree(runs / "killed")  # the driver's run folder is lost; MLflow (runs/mlflow.db) is not
     resumed = subprocess.run(_cmd(runs, "--resume", "killed", *small), cwd=tmp_path, env=_env(tmp_path),
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming killed" in resumed.stdout
     if sig == "SIGKILL":
         assert "Ray processes left by the interrupted driver" in resumed.stdout
+    else:
+        assert "fetched" in resumed.stdout and f"resuming killed from {shared}/killed/tune" in resumed.stdout
+        assert (tmp_path / "shared" / "killed" / "report.md").exists()  # the end's copy
     import psutil
 
     assert not [p["pid"] for p in ray_pids if psutil.pid_exists(p["pid"]) and

@@ -87,6 +87,8 @@ def check_task(config: TaskConfig, path: Path) -> list[str]:
         problems.append(f"{path}: train.lora_rank: {rank}")
     if config.tracking.uri is not None:
         problems.extend(f"{path}: tracking.uri: {p}" for p in preflight.tracking_problems(config.tracking.uri))
+    if config.tracking.storage is not None:
+        problems.extend(f"{path}: tracking.storage: {p}" for p in preflight.storage_problems(config.tracking.storage))
     return problems
 
 

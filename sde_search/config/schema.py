@@ -194,6 +194,10 @@ class TrackingConfig(_Strict):
 
     uri: str | None = Field(None, description="Tracking URI (default: sqlite under the run directory).")
     experiment: str | None = Field(None, description="Experiment name (default: the task name).")
+    storage: str | None = Field(None, description="Shared storage for Tune's experiment and checkpoints and a copy "
+                                "of the run folder: a path every node sees, or a URI pyarrow opens (s3://, gs://, "
+                                "file://); needed when trials run on other machines (default: the run folder "
+                                "alone; --storage overrides).")
 
 
 Objective = Literal["id", "ood", "mean", "pareto"]
