@@ -38,7 +38,7 @@ lint: install  ## ruff, and mypy on the core modules pyproject's [tool.mypy] lis
 test: install  ## install, then lint, type-check and run every test (slow ones included)
 	$(VENV)/bin/ruff check sde_search tests bench
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow" --durations=40  # the slowest 40, to keep CI short
 
 # make notebook [RUN=runs/<name>]: JupyterLab on 127.0.0.1 with notebooks/analyse_search.ipynb (open the URL it
 # prints, token included). The run: RUN, else $SDE_RUN_DIR, else the newest finished run under ./runs; a relative

@@ -8,7 +8,9 @@ filter only matching designs are hit. The kinds:
   that gets there (it leaves ``$SDE_FAULT_MARK.once``), so that a retried trial goes on;
 - ``oom``: a ``torch.OutOfMemoryError``;
 - ``hang_eval`` / ``hang_ckpt``: touch ``$SDE_FAULT_MARK``, then sleep before the evaluation / after the
-  checkpoint is written but before it is reported (a test kills the search meanwhile).
+  checkpoint is written but before it is reported (a test kills the search meanwhile);
+  ``hang_once``: ``hang_eval`` for the first trial that gets there only (it leaves ``$SDE_FAULT_MARK.once``),
+  so that the trial goes on when it is restarted after a test killed its node.
 
 The training loop calls :func:`point` at three moments of each report. Tests and the kill benches set the
 variables; nothing else should.
@@ -29,7 +31,7 @@ import torch
 from sde_search.design import Design
 from sde_search.model import TrialError
 
-FAULT_ENV = "SDE_FAULT"  # tests inject: "raise@2", "raise_once@2", "nan@2", "oom@2", "hang_eval@2", "hang_ckpt@2"
+FAULT_ENV = "SDE_FAULT"  # tests inject: "raise@2", "raise_once@2", "nan@2", "oom@2", "hang_eval@2", "hang_once@2", ...
 FAULT_MARK_ENV = "SDE_FAULT_MARK"  # a file the hang faults create when they start hanging
 Moment = Literal["loss", "evaluate", "checkpoint"]
 """A report's fault points, in order: its loss is checked, it evaluates, its checkpoint was written."""
@@ -39,8 +41,8 @@ def point(moment: Moment, report: int, design: Design, loss: float = math.nan) -
     """The fault point ``moment`` of report ``report`` (counted from 1): injects the fault ``SDE_FAULT`` names there.
 
     Args:
-        moment: ``loss`` (a ``nan`` fault), ``evaluate`` (``raise``, ``raise_once``, ``oom``, ``hang_eval``) or
-            ``checkpoint`` (``hang_ckpt``).
+        moment: ``loss`` (a ``nan`` fault), ``evaluate`` (``raise``, ``raise_once``, ``oom``, ``hang_eval``,
+            ``hang_once``) or ``checkpoint`` (``hang_ckpt``).
         report: The report's number.
         design: The trial's design (clauses may name one dimension's value).
         loss: At ``loss``: the report's training loss.
@@ -62,8 +64,8 @@ def point(moment: Moment, report: int, design: Design, loss: float = math.nan) -
             raise TrialError(f"injected fault at report {report} ({FAULT_ENV})")
         if fault == "oom":
             raise torch.OutOfMemoryError(f"injected out-of-memory at report {report} ({FAULT_ENV})")
-        if fault == "hang_eval":
-            _hang()  # a test kills the driver now, "during evaluation"
+        if fault == "hang_eval" or (fault == "hang_once" and _first_time()):
+            _hang()  # a test kills the driver (or the trial's node) now, "during evaluation"
     if moment == "checkpoint" and fault == "hang_ckpt":
         _hang()  # written but not yet handed to Tune: a test kills the driver "while a checkpoint is written"
     return loss

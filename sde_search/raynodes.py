@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def start(address: str | None, space: SpaceConfig) -> float:
                               "configure_logging": False}
     t0 = time.time()
     if address:  # a cluster's workers were started elsewhere: the variables travel in the runtime env
+        check_address(address)
         ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
     else:
         # A local instance's workers inherit this process's environment; a runtime env would instead make
@@ -59,6 +61,22 @@ def start(address: str | None, space: SpaceConfig) -> float:
     return seconds
 
 
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuses ``--address HOST:PORT`` when nothing listens there (raises ConfigError).
+
+    Ray's own connection attempt retries for many minutes, printing warnings, before it gives up. ``auto``
+    and ``ray://`` addresses are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError([f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start its "
+                           f"head with `ray start --head --port={port}` or give the address it printed"]) from exc
+
+
 def log_to(handler: logging.Handler) -> None:
     """Sends the records of Ray's own loggers (on the driver) to ``handler`` alone, e.g. the run's ``ray.log``."""
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
@@ -74,6 +92,18 @@ def check_resources(space: SpaceConfig) -> None:
         if need and total.get(key, 0) < need:
             raise ConfigError([f"resources.{key.lower()}: {need} per trial, but the Ray cluster has "
                                f"{total.get(key, 0):g} {key}s"])
+
+
+def placement() -> dict[str, str]:
+    """Where the calling trial runs, as Ray placed it: node id and IP, GPU ids, and the ``CUDA_VISIBLE_DEVICES`` it set.
+
+    Called inside the Ray worker (the driver cannot see it). GPU ids are comma-separated, empty without a GPU;
+    ``cuda_visible_devices`` is ``unset`` when the variable is absent from the worker's environment.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "cuda_visible_devices": "unset" if visible is None else visible}
 
 
 def record_processes(run_dir: Path) -> None:

@@ -163,7 +163,7 @@ def _error_text(error: Any) -> str:
     if error is None:
         return ""
     lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+    return lines[-1].strip()[:300] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------- summary.json

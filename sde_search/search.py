@@ -158,12 +158,15 @@ def trainable(config: dict[str, Any], task: Task, fixed: dict[str, Any], threads
     if checkpoint is not None:
         resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="sde-resume-"))
     workdir = tempfile.mkdtemp(prefix="sde-ckpt-")
+    where: list[dict[str, str]] = [raynodes.placement()]  # sent once, with this run's first report
 
     def send_to_tune(metrics: dict[str, float], path: str | None) -> None:
         # asha_score: the metric a search started by an earlier version ranks on; its pickled scheduler
         # needs it in every result when such a search is resumed.
-        metrics = {**metrics, "asha_score": metrics[metric]}
-        tune.report(metrics, checkpoint=Checkpoint.from_directory(path) if path else None)
+        result: dict[str, Any] = {**metrics, "asha_score": metrics[metric]}
+        if where:
+            result[tracking.PLACEMENT] = where.pop()
+        tune.report(result, checkpoint=Checkpoint.from_directory(path) if path else None)
 
     with console.shown(), HeartbeatFile.installed(heartbeats, tune.get_context().get_trial_id()):
         trial.fit(task, design, hparams, report=send_to_tune, checkpoint_dir=workdir, resume_from=resume_from,

@@ -37,7 +37,7 @@ def telemetry_off(env: MutableMapping[str, str]) -> None:
 telemetry_off(os.environ)  # before the import below: MLflow starts its telemetry client at import time
 
 import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: E402
@@ -64,6 +64,11 @@ RAY_KEYS = frozenset({
 })
 """Keys Tune (or the search wiring) adds to every trial result; they describe Tune's bookkeeping, not the trial,
 and are kept out of MLflow."""
+
+PLACEMENT = "placement"
+"""The result key under which a trial's first report (after each start or restart) says where Ray placed it:
+a mapping of strings, ``node_id``, ``node_ip``, ``gpu_ids``, ``cuda_visible_devices``. It becomes the run's
+``sde.<key>`` tags (:func:`placement_tags`), never metrics."""
 
 RENAMED = {"step": "optimizer_step"}
 """Result keys logged under another name: MLflow's own ``step`` axis is the report number."""
@@ -123,10 +128,22 @@ def merge_duplicate_runs(info: RunInfo) -> int:
 def trial_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The metrics of one trial report as MLflow gets them: the project's numeric keys, renamed and rounded.
 
-    Tune's bookkeeping (:data:`RAY_KEYS`), nested values (``config``), strings and booleans are left out.
+    Tune's bookkeeping (:data:`RAY_KEYS`), the placement (:data:`PLACEMENT`, logged as tags), nested values
+    (``config``), strings and booleans are left out.
     """
     return {RENAMED.get(k, k): tidy(float(v)) for k, v in result.items()
-            if k not in RAY_KEYS and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+            if k not in RAY_KEYS and k != PLACEMENT and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
+def placement_tags(result: Mapping[str, Any]) -> dict[str, str]:
+    """The ``sde.*`` tags of the placement a trial report carries (:data:`PLACEMENT`); empty when it has none.
+
+    Example: ``{"placement": {"node_id": "ab12", "gpu_ids": "1"}}`` -> ``{"sde.node_id": "ab12", "sde.gpu_ids": "1"}``.
+    """
+    where = result.get(PLACEMENT)
+    if not isinstance(where, Mapping):
+        return {}
+    return {f"sde.{k}": str(v)[:5000] for k, v in where.items()}  # 5000: MLflow's limit on a tag value
 
 
 def tidy(value: float) -> float:
@@ -360,9 +377,17 @@ class TrialTracker(MLflowLoggerCallback):
     def log_trial_start(self, trial: Any) -> None:  # noqa: D102
         self._call(self._start, trial, [Param(k, str(v)) for k, v in flatten_dict(trial.config).items()])
 
+    def _placed(self, trial: Any, tags: list[RunTag]) -> None:
+        self.client().log_batch(self._trial_runs[trial], tags=tags)
+
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:  # noqa: D102
         step = report_step(result)
         now = int(time.time() * 1000)  # when it was reported, even if it reaches MLflow later
+        # Tagged apart from the metrics: a trial restarted on another node reports an already logged step
+        # again, whose metrics are skipped, but its new placement must replace the old one.
+        tags = [RunTag(k, v) for k, v in placement_tags(result).items()]
+        if tags:
+            self._call(self._placed, trial, tags)
         self._call(self._result, trial, [Metric(k, v, now, step) for k, v in trial_metrics(result).items()])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:  # noqa: D102
@@ -414,12 +439,19 @@ def check_tracking(uri: str) -> None:
 
 
 def start_parent(info_kw: dict[str, Any], task: Task, space: SpaceConfig, artifact_root: Path) -> tuple[str, str]:
-    """Creates the experiment (absolute artifact root) and the parent run; returns (experiment id, run id)."""
+    """Creates the experiment and the parent run; returns (experiment id, run id).
+
+    With a local store the experiment's artifacts go to ``artifact_root`` (absolute: trials run in other
+    folders). A tracking server (``http(s)://``) chooses their place itself (``mlflow server
+    --artifacts-destination``, uploaded over HTTP): the driver's folder may be on a machine that neither the
+    server nor the people reading the runs can see.
+    """
     client = MlflowClient(info_kw["tracking_uri"])
     exp = client.get_experiment_by_name(info_kw["experiment"])
     kind = {"mlflow.experimentKind": EXPERIMENT_KIND}
+    remote = str(info_kw["tracking_uri"]).startswith(("http://", "https://"))
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        info_kw["experiment"], artifact_location=artifact_root.resolve().as_uri(), tags=kind)
+        info_kw["experiment"], artifact_location=None if remote else artifact_root.resolve().as_uri(), tags=kind)
     if exp and "mlflow.experimentKind" not in exp.tags:
         client.set_experiment_tag(exp_id, *next(iter(kind.items())))
     note = (f"sde-search run {info_kw['name']} of task {task.config.name}: one nested run per trial, named by its "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sde_search.config import ConfigError, SpaceConfig, check_compatible, load_space, load_task
+from sde_search.config import ConfigError, SpaceConfig, check_compatible, load_space, load_task, load_task_and_space
 
 ROOT = Path(__file__).resolve().parents[1]
 MASA = ROOT / "examples" / "demo_masa.yaml"
@@ -295,3 +295,15 @@ def test_a_grace_period_no_trial_reaches_is_an_error_only_for_a_new_search() -> 
     with pytest.raises(ConfigError, match="asha.grace_period: 3 reports, but a trial makes only 2"):
         check_compatible(task, space, "quick.yaml")
     check_compatible(task, space, "quick.yaml", new_search=False)  # report / export / resume of an earlier run
+
+
+@pytest.mark.parametrize("gpu", ["0.5", "2"])
+def test_gpus_of_a_cluster_joined_with_address_are_not_looked_for_on_this_machine(
+        gpu: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``--address`` trials need GPUs here; with it the cluster's count (``raynodes.check_resources``)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU here, whatever the machine has
+    space = str(ROOT / "search_spaces" / "quick.yaml")
+    with pytest.raises(ConfigError, match=f"resources.gpu: {gpu} per trial, but 0 GPUs are visible on this machine"):
+        load_task_and_space(str(MASA), space, [f"space.resources.gpu={gpu}"])
+    _, loaded, _ = load_task_and_space(str(MASA), space, [f"space.resources.gpu={gpu}"], address="127.0.0.1:6379")
+    assert loaded.resources.gpu == float(gpu)

@@ -174,32 +174,6 @@ def _wait_listening(port: int, timeout: float = 120) -> None:
     raise AssertionError(f"ray start --head never listened on {port}")
 
 
-def test_joins_an_existing_cluster_with_address(tmp_path):
-    """`--address` joins a `ray start --head` on loopback instead of starting Ray."""
-    port = _free_port()
-    env = {**_env(tmp_path), "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: stopped below, never `ray stop`
-    try:
-        _wait_listening(port)
-        small = [a.replace("num_samples=6", "num_samples=3") for a in _cmd(tmp_path / "runs", "--name", "joined",
-                                                                           *NO_SEED_STAGE)]
-        proc = subprocess.run([*small, "--address", f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert f"joined the Ray cluster at 127.0.0.1:{port}" in proc.stdout
-        assert "Leaderboard" in proc.stdout
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-
-
 def test_failing_trials_never_take_the_search_down(tmp_path):
     """Injected faults (exception, NaN loss, out of memory) fail their trials; the search completes."""
     runs = tmp_path / "runs"

@@ -57,12 +57,14 @@ class FakeMlflow:
         self._reach()
         return None  # no earlier run of the trial: a new one is started
 
-    def log_batch(self, run_id: str, metrics: Any = (), params: Any = ()) -> None:
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
         self._reach()
         if params and self.refuse_params:
             raise MlflowException("param changed", error_code=INVALID_PARAMETER_VALUE)
         if params:
             self.calls.append(("params", run_id, tuple((p.key, p.value) for p in params)))
+        if tags:
+            self.calls.append(("tags", run_id, dict((t.key, t.value) for t in tags)))
         if metrics:
             self.calls.append(("metrics", run_id, metrics[0].step, tuple(metrics)))
 
@@ -223,3 +225,59 @@ def test_the_queue_holds_what_was_logged_not_a_later_state(tracker: TrialTracker
     (sent,) = [c for c in mlflow.calls if c[0] == "metrics"]
     assert sent[2] == 1 and next(m.value for m in sent[3] if m.key == "score") == pytest.approx(0.1)
     assert all(isinstance(m, Metric) for m in sent[3])  # the entities MLflow's log_batch takes
+
+
+# --- where Ray placed the trial ---------------------------------------------------------------------------------------
+
+NODE_A, NODE_B = "a1" * 28, "b2" * 28  # Ray node ids are 56 hex characters
+
+
+def placed(report: int, score: float, node: str, gpus: str = "", visible: str = "unset") -> dict[str, Any]:
+    """A trial's first report after it started (or restarted): it carries its placement."""
+    where = {"node_id": node, "node_ip": "127.0.0.1", "gpu_ids": gpus, "cuda_visible_devices": visible}
+    return {**result(report, score), tracking.PLACEMENT: where, "node_ip": "127.0.0.1", "pid": 4242}
+
+
+def tag_calls(mlflow: FakeMlflow) -> list[dict[str, str]]:
+    return [c[2] for c in mlflow.calls if c[0] == "tags"]
+
+
+def test_the_first_report_tags_the_run_with_its_placement_and_logs_no_placement_metric(
+        tracker: TrialTracker, mlflow: FakeMlflow) -> None:
+    tracker.log_trial_start(TRIAL)
+    tracker.log_trial_result(1, TRIAL, placed(1, 0.1, NODE_A, gpus="1", visible="1"))
+    tracker.log_trial_result(2, TRIAL, result(2, 0.2))
+    assert tag_calls(mlflow) == [{"sde.node_id": NODE_A, "sde.node_ip": "127.0.0.1", "sde.gpu_ids": "1",
+                                  "sde.cuda_visible_devices": "1"}]
+    assert [c[1] for c in mlflow.calls if c[0] == "tags"] == ["run-1"]
+    keys = {m.key for c in mlflow.calls if c[0] == "metrics" for m in c[3]}
+    assert keys == {"score", "progress", "report"}  # no placement, node or pid among the metrics
+    assert metric_steps(mlflow) == [1, 2]
+
+
+def test_a_trial_restarted_on_another_node_gets_the_new_placement_though_its_step_repeats(
+        tracker: TrialTracker, mlflow: FakeMlflow) -> None:
+    tracker.log_trial_start(TRIAL)
+    tracker.log_trial_result(1, TRIAL, placed(1, 0.1, NODE_A))
+    tracker.log_trial_result(2, TRIAL, result(2, 0.2))
+    tracker.log_trial_result(2, TRIAL, placed(2, 0.25, NODE_B))  # the node died; restored from report 1's checkpoint
+    tracker.log_trial_result(3, TRIAL, result(3, 0.3))
+    assert [t["sde.node_id"] for t in tag_calls(mlflow)] == [NODE_A, NODE_B]  # the last one is the run's tag
+    assert metric_steps(mlflow) == [1, 2, 3]  # the repeated step is still logged once
+
+
+def test_a_placement_sent_while_mlflow_is_down_waits_in_order(tracker: TrialTracker, mlflow: FakeMlflow) -> None:
+    mlflow.down = True
+    tracker.log_trial_start(TRIAL)
+    tracker.log_trial_result(1, TRIAL, placed(1, 0.1, NODE_A, gpus="0", visible="0"))
+    mlflow.down = False
+    tracker.log_trial_end(TRIAL)
+    assert [c[0] for c in mlflow.calls] == ["start", "params", "tags", "metrics", "end"]
+    assert tag_calls(mlflow)[0]["sde.gpu_ids"] == "0" and not tracker.queue
+
+
+@pytest.mark.parametrize("where", [None, "a1b2", ["node"], 3])
+def test_a_report_without_a_placement_mapping_gives_no_tags(where: Any) -> None:
+    report = result(1, 0.1) if where is None else {**result(1, 0.1), tracking.PLACEMENT: where}
+    assert tracking.placement_tags(report) == {}
+    assert tracking.PLACEMENT not in tracking.trial_metrics(report)
