@@ -149,6 +149,10 @@ def _search_args(s: argparse.ArgumentParser) -> None:
                    "(default: the task's search_space).")
     s.add_argument("--check", action="store_true", help="Validate and print renders; train nothing.")
     s.add_argument("--design", action="append", default=[], help="Extra design to show with --check.")
+    s.add_argument("--estimate", action="store_true",
+                   help="Time a few real training steps and generation batches, then print the expected wall time "
+                        "of the search (with and without ASHA), the exhaustive grid and the seed stage; trains no "
+                        "search, creates no run folder or MLflow run, starts no Ray.")
     s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
                    help="Resume an interrupted search (default: the latest run of this task).")
     s.add_argument("--address", help="Join an existing Ray cluster (default: a local Ray on 127.0.0.1).")
@@ -224,6 +228,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.estimate and args.resume:
+        raise ConfigError(["--estimate: estimates a new search; it cannot be combined with --resume"])
+    if args.estimate and args.check:
+        raise ConfigError(["--estimate: trains a few steps, --check trains nothing; give one of them"])
     task, space, space_path = load_task_and_space(args.task, args.space, args.overrides, args.address,
                                                   new_search=not args.resume)
     extra = []
@@ -243,12 +251,23 @@ def _search(args: argparse.Namespace) -> int:
     if args.check:
         cli_check.print_check(task, space, space_path, extra, trip)
         return 0
+    if args.estimate:
+        return _estimate(task, space, space_path)
     from sde_search import search  # heavy: Ray, MLflow
 
     options = search.SearchOptions(runs_dir=Path(args.runs_dir), name=args.name, resume=args.resume,
                                    address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
                                    overrides=tuple(args.overrides), warm_start=tuple(args.warm_start))
     return search.run_search(task, space, space_path, options)
+
+
+def _estimate(task: Task, space: SpaceConfig, space_path: Path) -> int:
+    """``--estimate``: times the parts of a trial and prints what the search would cost; starts nothing."""
+    t0 = time.perf_counter()
+    from sde_search import estimate  # heavy: torch, transformers, peft (what every trial's worker imports too)
+
+    print(estimate.run(task, space, space_path, import_s=time.perf_counter() - t0))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

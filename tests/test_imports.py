@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "peft", "ray", "mlflow", "datasets")
 # data.* first: they must import on their own, before the config package that imports them
 PURE = ("data.records", "data.task", "design", "tasks", "config", "render", "metrics", "cli", "synthetic", "analysis",
-        "export", "verdicts", "splits", "generations", "console", "cli_check")
+        "export", "verdicts", "splits", "generations", "console", "cli_check", "costs")
 
 _SCRIPT = """
 import contextlib, io, json, sys
@@ -41,14 +41,15 @@ def test_pure_core_and_check_import_no_heavy_library() -> None:
 # The floors, bottom up: a module imports only from its own floor or lower ones (deferred imports included).
 FLOORS = (
     ("design", "metrics", "tasks", "preflight", "splits", "synthetic", "scaffold", "console", "verdicts", "pruner",
-     "data", "data.files"),                                                      # pure basics
+     "data", "data.files", "costs"),                                             # pure basics
     ("config", "config.schema", "config.messages", "config.yamlfile", "config.spaces", "config.checks",
      "config.loading", "data.records", "data.task"),                             # config and the loaded task
     ("parse", "render", "analysis", "generations", "export", "render_check", "seeds", "steps", "sampler", "plots",
      "batches"),                                                                 # core that reads the config
-    ("runfolder", "report", "model", "faults", "scoring", "trial", "robust", "seedruns"),  # run folder, model, trial
+    ("runfolder", "report", "model", "faults", "scoring", "trial", "robust", "seedruns",
+     "estimate"),                                                                # run folder, model, trial
     ("tracking",),                                                               # every MLflow call
-    ("stages", "resume", "searcher", "raynodes", "progress", "storage", "search"),  # search wiring
+    ("stages", "resume", "searcher", "raynodes", "progress", "storage", "search"),        # search wiring
     ("cli", "cli_check", "cli_train", "cli_ui", ""),                             # the commands
 )
 
