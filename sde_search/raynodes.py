@@ -77,6 +77,22 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                            f"head with `ray start --head --port={port}` or give the address it printed"]) from exc
 
 
+def shared_disk_warning(storage: str) -> str | None:
+    """A warning when the joined cluster has more than one node and the search keeps its experiment on this disk.
+
+    Tune then writes each trial's checkpoints on the disk of the node that trains it, at the run folder's path:
+    a trial restarted on another node, or a ``--resume``, does not find them.
+    """
+    if storage:
+        return None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return None
+    return (f"warning: the Ray cluster has {len(nodes)} nodes and no --storage was given: trials on other nodes "
+            "keep their checkpoints on their own disks, where a restarted trial or --resume cannot find them "
+            "(unless the runs folder is on a disk every node mounts); give --storage PATH_OR_URI")
+
+
 def log_to(handler: logging.Handler) -> None:
     """Sends the records of Ray's own loggers (on the driver) to ``handler`` alone, e.g. the run's ``ray.log``."""
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):

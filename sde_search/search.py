@@ -208,6 +208,9 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, options: Search
         raynodes.stop_leftovers(run_dir)
     ray_init_s = raynodes.start(options.address, space)
     try:
+        warning = options.address and raynodes.shared_disk_warning(info.storage if info is not None else new.storage)
+        if warning:
+            log.warning(warning)
         if info is None:
             # run.json first, so that a kill at any later moment leaves a folder that --resume can open
             run_dir.mkdir(parents=True)

@@ -313,6 +313,7 @@ def test_two_nodes_every_trial_runs_on_the_worker_and_mlflow_serves_the_report(
         proc = _search(tmp_path, "joined", address, tracking, env, "--set", "space.budget.num_samples=3")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"joined the Ray cluster at {address}" in proc.stdout
+        assert "the Ray cluster has 2 nodes and no --storage was given" in proc.stdout + proc.stderr
         assert "Leaderboard" in proc.stdout
         run_dir = tmp_path / "runs" / "joined"
         children, _ = _check_bookkeeping(run_dir, tracking, 3)
@@ -374,7 +375,8 @@ def _results(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def test_a_worker_node_lost_mid_trial(tmp_path: Path, mlflow_server: tuple[str, Path], max_failures: int) -> None:
     """The worker node is killed while the baseline trains (ES-SDE has finished), then started again.
 
-    With ``budget.max_failures: 2`` the baseline restarts from its last checkpoint on the returned node; with 0 it
+    With ``budget.max_failures: 2`` (and ``--storage``) the baseline restarts from its last checkpoint, read from the
+    shared storage, on the returned node; with 0 it
     fails with the reason. Either way the search completes: ES-SDE keeps its finished result, MLflow and the
     Optuna study hold one finished record per trial.
     """
@@ -390,7 +392,8 @@ def test_a_worker_node_lost_mid_trial(tmp_path: Path, mlflow_server: tuple[str, 
                            "--set", "space.sampler.n_startup_trials=1",
                            "--set", "train.epochs=2", "--set", "train.reports_per_epoch=1",
                            "--set", "space.asha.enabled=false", "--set", f"space.budget.max_failures={max_failures}"),
-               "--address", address, "--tracking-uri", tracking]
+               "--address", address, "--tracking-uri", tracking,
+               *(["--storage", (tmp_path / "shared").as_uri()] if max_failures else [])]
         search = subprocess.Popen(cmd, cwd=tmp_path, env=search_env_, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -425,6 +428,9 @@ def test_a_worker_node_lost_mid_trial(tmp_path: Path, mlflow_server: tuple[str, 
         states = sorted(s for (s,) in db.execute("select state from trials"))
     if max_failures:
         assert reports == [1, 2]  # restarted from report 1's checkpoint: report 1 was not trained again
+        # ... which was on the shared storage (--storage), where the copy of the run folder is too
+        assert list((tmp_path / "shared" / name / "tune").glob("trainable_*/checkpoint_*"))
+        assert (tmp_path / "shared" / name / "report.md").read_text() == (run_dir / "report.md").read_text()
         assert rows[hanging]["status"] == "full"
         assert runs[hanging].info.status == "FINISHED"
         assert runs[hanging].data.tags["sde.node_id"] == second_id  # the returned node
