@@ -311,15 +311,27 @@ def storage_problems(given: str) -> list[str]:
             return [f"{clip(given)}: pyarrow cannot open it ({clip(first, 160)}; allowed: a path, or a URI of a "
                     "filesystem pyarrow has: s3://, gs://, hdfs://, abfs://, file://)"]
         return []
-    path = Path(given).expanduser()
+    blocked = unwritable_folder(Path(given).expanduser())
+    if blocked is None:
+        return []
+    existing, why = blocked
+    allowed = "a folder, or a URI" if why.endswith("folder") else "a folder this user can write"
+    return [f"{clip(given)}: {clip(str(existing))} {why} (allowed: {allowed})"]
+
+
+def unwritable_folder(path: Path) -> tuple[Path, str] | None:
+    """Why a folder could not be made or written at ``path``: (its nearest existing ancestor, what is wrong with it).
+
+    None when the nearest existing ancestor is a folder this user can write (the rest can be made).
+    """
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        return [f"{clip(given)}: {clip(str(existing))} is a file, not a folder (allowed: a folder, or a URI)"]
+        return existing, "is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"{clip(given)}: {clip(str(existing))} is not writable (allowed: a folder this user can write)"]
-    return []
+        return existing, "is not writable"
+    return None
 
 
 # ---------------------------------------------------------------- tracking

@@ -47,7 +47,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 # Progress, FullBudgetOptunaSearch and TrialTracker are imported by name: the Tune state of a search started
 # before they moved out of this module names them ``sde_search.search.<name>``, and --resume unpickles it.
-from sde_search import console, raynodes, resume, runfolder, stages, storage, tracking  # noqa: E402
+from sde_search import console, preflight, raynodes, resume, runfolder, stages, storage, tracking  # noqa: E402
 from sde_search.progress import HEARTBEATS, HeartbeatFile, Progress  # noqa: E402
 from sde_search.pruner import EvidenceASHA  # noqa: E402
 from sde_search.runfolder import RunInfo  # noqa: E402
@@ -276,13 +276,9 @@ def study_name(task_name: str, run_name: str) -> str:
 
 def check_runs_dir(runs_dir: Path) -> None:
     """Refuses a runs folder that is a file, lies under a file or cannot be written (raises ConfigError)."""
-    existing = runs_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError([f"--runs-dir {runs_dir}: {existing} is a file, not a folder"])
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError([f"--runs-dir {runs_dir}: {existing} is not writable"])
+    blocked = preflight.unwritable_folder(runs_dir)
+    if blocked is not None:
+        raise ConfigError([f"--runs-dir {runs_dir}: {blocked[0]} {blocked[1]}"])
 
 
 def _remove_new_run(run_dir: Path, info: RunInfo | None) -> None:
@@ -298,13 +294,14 @@ def _find_run(runs_dir: Path, which: str, task: Task, shared: str | None = None)
     """The run folder ``--resume`` names; one missing here is fetched from the storage when one is given."""
     if which != "latest":
         path = runs_dir / which
-        if not (path / "run.json").exists() and shared:
+        copy = storage.join(storage.resolve(shared), which) if shared else ""
+        if not (path / "run.json").exists() and copy:
             check_run_name(which)
             fetched = storage.pull_run(storage.resolve(shared), which, path)
             if fetched:
-                log.info(f"fetched {fetched} files of run {which} from {storage.join(storage.resolve(shared), which)}")
+                log.info(f"fetched {fetched} files of run {which} from {copy}")
         if not (path / "run.json").exists():
-            where = f" (nor at {storage.join(storage.resolve(shared), which)})" if shared else ""
+            where = f" (nor at {copy})" if copy else ""
             raise ConfigError([f"--resume {which}: no run at {path}{where}"])
         return path
     candidates = sorted((p for p in runs_dir.glob(f"{task.config.name}-*") if (p / "run.json").exists()),
