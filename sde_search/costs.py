@@ -289,8 +289,11 @@ class Plan:
         slots: Trials that can run at once (:func:`slots`; a search of fewer trials runs fewer).
         asha: The early stopping.
         reuse_workers: Whether a Ray worker runs trial after trial (CPU) or each trial gets a new one (GPU).
-        seed_runs: Seed-stage runs (designs x ``budget.seeds``).
-        seed_designs: Designs in the seed stage (at most ``seed_top`` + ES-SDE + the baseline).
+        seed_top: The search's top designs the seed stage trains (``budget.seed_top``, at most the trials).
+        seed_presets: The presets it trains too (ES-SDE and the paper baseline).
+        presets_searched: How many of those presets the search also trains (``baselines:``, inside the space):
+            one that ends among the top designs is trained once.
+        seeds: Seed-stage runs per design (``budget.seeds``).
         seed_workers: Seed-stage runs at once.
     """
 
@@ -299,8 +302,10 @@ class Plan:
     slots: int
     asha: Asha
     reuse_workers: bool
-    seed_runs: int
-    seed_designs: int
+    seed_top: int
+    seed_presets: int
+    presets_searched: int
+    seeds: int
     seed_workers: int
 
 
@@ -385,13 +390,30 @@ def _fixed_rows(plan: Plan, m: Measured) -> list[Row]:
     ]
 
 
-def _seed_row(plan: Plan, m: Measured) -> Row:
-    """The seed stage: runs in waves of ``seed_workers``, after the workers' imports."""
+def seed_designs(plan: Plan, sp: Spend) -> list[tuple[float, int]]:
+    """The seed stage's distinct designs: (chance, count) for each number of presets found among the top designs.
+
+    The top designs come from the trials that reach the full budget (``sp.full`` expected). A preset the search
+    trains reaches it with chance ``sp.full / trials`` and then ranks like any full-budget trial, so it is one
+    of the top designs, and trained once, with chance ``min(full share, seed_top / trials)``; the presets are
+    taken as independent.
+    """
+    tops = min(plan.seed_top, max(1, round(sp.full))) if plan.seed_top else 0
+    q = min(sp.full / plan.trials, tops / plan.trials) if plan.trials else 0.0
+    n = plan.presets_searched
+    return [(math.comb(n, k) * q**k * (1 - q) ** (n - k), tops + plan.seed_presets - k) for k in range(n + 1)]
+
+
+def _seed_row(plan: Plan, m: Measured, sp: Spend) -> Row:
+    """The seed stage: waves of ``seed_workers`` runs after the imports, expected over :func:`seed_designs`."""
     run_s = m.seed.full_s + m.seed.test_s
-    waves = math.ceil(plan.seed_runs / max(1, plan.seed_workers))
-    return Row(SEED_STAGE, m.import_s + waves * run_s if plan.seed_runs else 0.0, plan.seed_runs * run_s,
-               f"{plan.seed_runs} runs ({plan.seed_designs} designs at most), {plan.seed_workers} at once, "
-               f"{run_s:.0f} s each with the test splits")
+    spread = seed_designs(plan, sp)
+    runs = sum(p * d * plan.seeds for p, d in spread)
+    waves = sum(p * math.ceil(d * plan.seeds / max(1, plan.seed_workers)) for p, d in spread)
+    most = max(d for _, d in spread)
+    return Row(SEED_STAGE, m.import_s + waves * run_s if runs else 0.0, runs * run_s,
+               f"{runs:.3g} runs expected ({most} designs x {plan.seeds} seeds at most: a preset among the top "
+               f"designs is trained once), {plan.seed_workers} at once, {run_s:.0f} s each with the test splits")
 
 
 def _assumptions(plan: Plan, cut: float, score_sd: float) -> tuple[str, ...]:
@@ -440,7 +462,7 @@ def build(plan: Plan, m: Measured, *, score_sd: float = SCORE_SD) -> Estimate:
         others = []
     grid = search_row(GRID, plan.space_size, spend(plan.space_size, full),
                       f"all {plan.space_size} designs, full budget, {plan.slots} at once")
-    seed = _seed_row(plan, m)
+    seed = _seed_row(plan, m, sp)
     total = Row(TOTAL, m.prepare_s + search.wall_s + seed.wall_s, search.trial_s + seed.trial_s,
                 "first use + search + seed stage; the report and MLflow bookkeeping take seconds")
     rows = [*_fixed_rows(plan, m), search, *others, grid, seed, total]

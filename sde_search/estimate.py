@@ -46,7 +46,7 @@ SURVEY_RECORDS = 48
 """Training records per design whose samples are tokenized (evenly spread over the split)."""
 BUCKETS = 3
 """Buckets of designs by tokens per training step; one representative of each is timed."""
-MIN_STEPS, MAX_STEPS, STEP_BUDGET_S = 3, 12, 3.0
+MIN_STEPS, MAX_STEPS, STEP_BUDGET_S = 3, 60, 3.0
 """Optimizer steps timed per bucket: at least MIN_STEPS, then more until STEP_BUDGET_S or MAX_STEPS."""
 GEN_LENGTH = 12
 """New tokens of the longer timed generation batches (forced), to measure a decoding step."""
@@ -314,16 +314,18 @@ def plan_of(task: Task, space: SpaceConfig, hp: TrainConfig, gpus: int) -> costs
     """What the search will run on this machine (concurrency as Ray and the seed stage work it out)."""
     cpus = max(os.cpu_count() or 1, int(space.resources.cpu))
     budget, res = space.budget, space.resources
-    presets = {ES_SDE, PAPER_BASELINE}
-    designs = min(budget.seed_top, budget.num_samples) + len(presets)
+    presets = (ES_SDE, PAPER_BASELINE)
+    inside = set(render_check.space_designs(space))
+    enqueued = {PRESETS[b] for b in space.baselines if b in PRESETS} & inside  # the search trains these too
     workers = 1 if res.gpu else max(1, min(budget.max_concurrent, cpus // max(1, int(res.cpu))))
     reuse = (not res.gpu) if space.reuse_actors == "auto" else bool(space.reuse_actors)
     asha = costs.Asha(space.asha.enabled, space.asha.grace_period, space.asha.reduction_factor,
                       report_range(task, space)[1], space.asha.margin)
     return costs.Plan(trials=budget.num_samples, space_size=space.size(),
                       slots=costs.slots(budget.max_concurrent, res.cpu, res.gpu, cpus, gpus), asha=asha,
-                      reuse_workers=reuse, seed_runs=designs * budget.seeds, seed_designs=designs,
-                      seed_workers=workers)
+                      reuse_workers=reuse, seed_top=min(budget.seed_top, budget.num_samples),
+                      seed_presets=len(presets), presets_searched=sum(d in enqueued for d in presets),
+                      seeds=budget.seeds, seed_workers=workers)
 
 
 @dataclass(frozen=True)

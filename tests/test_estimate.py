@@ -97,7 +97,8 @@ def test_generation_speed_is_two_lines_through_two_timed_batches() -> None:
 
 def _plan(**over: object) -> Plan:
     base: dict[str, object] = dict(trials=4, space_size=10, slots=2, asha=Asha(True, 5, 2, 10), reuse_workers=True,
-                                   seed_runs=6, seed_designs=3, seed_workers=2)
+                                   seed_top=1, seed_presets=2, presets_searched=0, seeds=2,
+                                   seed_workers=2)
     return Plan(**{**base, **over})  # type: ignore[arg-type]
 
 
@@ -125,6 +126,24 @@ def test_the_table_rows_add_up() -> None:
     for name in (costs.SEARCH_ASHA, costs.SEARCH_FULL, costs.GRID, costs.SEED_STAGE, costs.TOTAL):
         assert f"| {name} |" in text
     assert "peak memory per trial: 500 MiB" in text
+
+
+def test_a_preset_among_the_top_designs_is_trained_once_in_the_seed_stage() -> None:
+    # 12 trials, 6 of them expected at full budget (half reach it); top 3: a searched preset is a top design with
+    # chance min(6/12, 3/12) = 1/4; with both presets searched, 0, 1 or 2 merges with 9/16, 6/16, 1/16
+    sp = costs.Spend(12, (3, 10), (12.0, 6.0))
+    plan = _plan(trials=12, seed_top=3, presets_searched=2, seeds=3, seed_workers=2)
+    spread = costs.seed_designs(plan, sp)
+    assert spread == [(pytest.approx(9 / 16), 5), (pytest.approx(6 / 16), 4), (pytest.approx(1 / 16), 3)]
+    row = costs._seed_row(plan, MEASURED, sp)
+    runs = 3 * (5 * 9 + 4 * 6 + 3 * 1) / 16  # 13.5 expected, 15 at most
+    waves = (8 * 9 + 6 * 6 + 5 * 1) / 16  # ceil(15 / 2), ceil(12 / 2), ceil(9 / 2)
+    assert row.trial_s == pytest.approx(runs * 28) and row.wall_s == pytest.approx(3 + waves * 28)
+    assert "13.5 runs expected (5 designs x 3 seeds at most" in row.note
+    # presets outside the search are always trained on their own; fewer full-budget trials than seed_top
+    assert costs.seed_designs(_plan(trials=12, seed_top=3, presets_searched=0), sp) == [(1.0, 5)]
+    few = costs.Spend(12, (3, 10), (12.0, 1.6))
+    assert costs.seed_designs(_plan(trials=12, seed_top=3, presets_searched=0), few) == [(1.0, 4)]
 
 
 def test_the_margin_and_fresh_workers_change_the_search_row() -> None:
