@@ -293,6 +293,22 @@ def _regex_problems(target: str, info: ModelInfo, model: str, allowed: str) -> l
 # ---------------------------------------------------------------- storage
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&]*(?:secret|token|password|key)[^=&]*)=[^&]*")
+
+
+def redacted(uri: str) -> str:
+    """A storage URI as it may be printed or logged: no password or secret in it.
+
+    A password (``user:pass@``) and the values of query keys that hold secrets (``secret_key=``,
+    ``session_token=``, ``access_key=``) are replaced by ``***``.
+    """
+    if "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    rest = re.sub(r"^([^/@:]*):[^/@]*@", r"\1:***@", rest)
+    return scheme + "://" + _SECRET_QUERY.sub(r"\1=***", rest)
+
+
 def storage_problems(given: str) -> list[str]:
     """Why a search could not use ``given`` as its shared storage (``--storage``, ``tracking.storage``); [] when it can.
 
@@ -308,8 +324,8 @@ def storage_problems(given: str) -> list[str]:
             pyarrow.fs.FileSystem.from_uri(given)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for what it cannot open
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return [f"{clip(given)}: pyarrow cannot open it ({clip(first, 160)}; allowed: a path, or a URI of a "
-                    "filesystem pyarrow has: s3://, gs://, hdfs://, abfs://, file://)"]
+            return [f"{clip(redacted(given))}: pyarrow cannot open it ({clip(redacted(first), 160)}; allowed: a path, "
+                    "or a URI of a filesystem pyarrow has: s3://, gs://, hdfs://, abfs://, file://)"]
         return []
     blocked = unwritable_folder(Path(given).expanduser())
     if blocked is None:

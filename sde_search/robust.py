@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,13 @@ def check(task: Task, row: analysis.TrialRow, threads: int, retrain: bool) -> di
     return out
 
 
-def top_trials(path: Path, top: int) -> list[analysis.TrialRow]:
+def top_trials(path: Path, top: int, fetch: Callable[[str], Path | None] | None = None) -> list[analysis.TrialRow]:
     """The best full-budget trial of each of the ``top`` best designs, its checkpoint still on disk.
+
+    Args:
+        path: The run's ``trials.json``.
+        top: How many designs.
+        fetch: For a checkpoint not on this disk (one on a bucket), a local copy of it, or None when it cannot.
 
     Raises:
         ConfigError: for ``top`` below 1, no such trial, or a chosen trial's checkpoint gone (before anything runs
@@ -81,6 +86,10 @@ def top_trials(path: Path, top: int) -> list[analysis.TrialRow]:
         if r.design not in {c.design for c in chosen}:
             chosen.append(r)
     chosen = chosen[:top]
+    if fetch is not None:
+        local = {r.trial_id: None if Path(str(r.checkpoint)).is_dir() else fetch(str(r.checkpoint)) for r in chosen}
+        chosen = [replace(r, checkpoint=str(local[r.trial_id])) if local[r.trial_id] else r
+                  for r in chosen]
     gone = [r for r in chosen if not Path(str(r.checkpoint)).is_dir()]
     if gone:
         where = ", ".join(f"{r.trial_id}: {str(r.checkpoint)[:200]}" for r in gone[:3])

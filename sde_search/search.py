@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sde_search.config import OBJECTIVE_METRIC, ConfigError, SpaceConfig, Task, report_range
+from sde_search.config import OBJECTIVE_METRIC, ConfigError, SpaceConfig, Task, load_task_and_space, report_range
 from sde_search.design import Design, split_params
 
 # Before Ray is imported, since Ray reads them once: keep every listener on 127.0.0.1 and skip token auth.
@@ -198,6 +198,7 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, options: Search
     if options.resume:
         run_dir = _find_run(runs_dir, options.resume, task, options.storage or task.config.tracking.storage)
         info = RunInfo.load(run_dir)
+        task, space = _as_started(info, task, space, space_path, options)
     else:
         new = _new_run_info(task, space_path, options, runs_dir)
         run_dir = Path(new.run_dir)
@@ -236,6 +237,34 @@ def run_search(task: Task, space: SpaceConfig, space_path: Path, options: Search
         ray.shutdown()
 
 
+def _as_started(info: RunInfo, task: Task, space: SpaceConfig, space_path: Path, options: SearchOptions,
+                ) -> tuple[Task, SpaceConfig]:
+    """The task and space of a resumed search: as it started, with the ``--set`` overrides its ``run.json`` keeps.
+
+    A resume continues the same search, so its trials must train as the earlier ones did: the recorded overrides
+    apply whether or not the command line repeats them; one that gives a key another value is refused (exit 2)
+    rather than mixed in.
+    """
+    given, started = tuple(options.overrides), tuple(info.overrides)
+    if given == started:
+        return task, space
+
+    def values(sets: tuple[str, ...]) -> dict[str, str]:  # the value each key ends with (a later --set wins)
+        return dict(s.split("=", 1) if "=" in s else (s, "") for s in sets)
+
+    was = values(started)
+    clash = [f"{k}={v}" for k, v in values(given).items() if was.get(k) != v]
+    if clash:
+        raise ConfigError([f"--resume {info.name}: --set {' --set '.join(clash)} differs from what the search started "
+                           f"with ({' '.join(f'--set {s}' for s in started) or 'no --set'}); a resume continues the "
+                           "same search: give the same --set, or none"])
+    recorded = Path(info.space_path)
+    log.info(f"resuming {info.name} with the overrides it started with: {' '.join(f'--set {s}' for s in started)}")
+    task, space, _ = load_task_and_space(str(task.path), str(recorded if recorded.is_file() else space_path),
+                                         started, options.address, new_search=False)
+    return task, space
+
+
 def _new_run_info(task: Task, space_path: Path, options: SearchOptions, runs_dir: Path) -> RunInfo:
     """The ``run.json`` of a new search, its parent run not made yet; checks its name and tracking store first."""
     name = options.name or f"{task.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -249,8 +278,8 @@ def _new_run_info(task: Task, space_path: Path, options: SearchOptions, runs_dir
     shared = options.storage or task.config.tracking.storage
     shared = storage.resolve(shared) if shared else ""
     if shared and storage.exists(storage.join(shared, name)):
-        raise ConfigError([f"--name {name}: {storage.join(shared, name)} exists on the storage; pick another name "
-                           f"or --resume {name}"])
+        raise ConfigError([f"--name {name}: {preflight.redacted(storage.join(shared, name))} exists on the storage; "
+                           f"pick another name or --resume {name}"])
     return RunInfo(name=name, run_dir=str(run_dir), task_path=str(task.path), space_path=str(space_path),
                    tracking_uri=uri, experiment=task.config.tracking.experiment or task.config.name,
                    parent_run_id="", study_name=study_name(task.config.name, name),
@@ -294,7 +323,7 @@ def _find_run(runs_dir: Path, which: str, task: Task, shared: str | None = None)
     """The run folder ``--resume`` names; one missing here is fetched from the storage when one is given."""
     if which != "latest":
         path = runs_dir / which
-        copy = storage.join(storage.resolve(shared), which) if shared else ""
+        copy = preflight.redacted(storage.join(storage.resolve(shared), which)) if shared else ""
         if not (path / "run.json").exists() and copy:
             check_run_name(which)
             fetched = storage.pull_run(storage.resolve(shared), which, path)
@@ -342,12 +371,13 @@ def execute(plan: TunePlan, *, ray_init_s: float) -> int:
             storage.RunMirror(info).push()
         log.info(f"\ninterrupted after {finished} of {space.budget.num_samples} trials; everything is saved. "
                  f"Continue with: sde-search --task {task.path} --resume {info.name}"
-                 + (f" --runs-dir {plan.run_dir.parent}" if plan.run_dir.parent.name != "runs" else ""))
+                 + (f" --runs-dir {plan.run_dir.parent}" if plan.run_dir.parent.name != "runs" else "")
+                 + (f" (elsewhere add --storage '{preflight.redacted(info.storage)}')" if info.storage else ""))
         raise KeyboardInterrupt
     wall = time.time() - t0 + ray_init_s
     code = stages.finish(task, space, info, results, metric=plan.metric, wall_s=wall, ray_init_s=ray_init_s)
     if info.storage:  # the report and the seed stage's files join the copy there
-        log.info(f"run folder copied to {storage.join(info.storage, info.name)} ({storage.push_run(info)} files)")
+        log.info(f"run folder copied to {preflight.redacted(storage.run_uri(info))} ({storage.push_run(info)} files)")
     return code
 
 
@@ -368,7 +398,7 @@ def _tuner(plan: TunePlan, fn: Any) -> tune.Tuner:
             tracking.close_stale_runs(info)
             tuner = tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True, restart_errored=True)
             resume.relocate(tuner, info)
-            log.info(f"resuming {info.name} from {experiment}")
+            log.info(f"resuming {info.name} from {preflight.redacted(experiment)}")
             return tuner
         if info.storage:  # set aside there too, as resume.prepare did with the run folder's copy
             storage.discard_experiment(info)
@@ -404,7 +434,7 @@ def _new_tuner(plan: TunePlan, fn: Any, callbacks: Sequence[tune.Callback]) -> t
                                     max_concurrent_trials=space.budget.max_concurrent,
                                     reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(name=storage.EXPERIMENT,
-                                  storage_path=storage.experiment_uri(plan.info).rsplit("/", 1)[0],
+                                  storage_path=storage.run_uri(plan.info),
                                   callbacks=list(callbacks), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   failure_config=tune.FailureConfig(max_failures=space.budget.max_failures)),

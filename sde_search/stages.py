@@ -18,12 +18,13 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sde_search import analysis, generations, report, robust, runfolder, seedruns, seeds, tracking
+from sde_search import analysis, generations, report, robust, runfolder, seedruns, seeds, storage, tracking
 from sde_search.analysis import TrialRow
 from sde_search.config import OBJECTIVE_METRIC, SpaceConfig, Task
 from sde_search.design import hparams_of
@@ -154,11 +155,13 @@ def robust_checks(info: RunInfo, task: Task, top: int, threads: int = 1, retrain
         ConfigError: for ``top`` below 1 or no trial to re-score (:func:`sde_search.robust.top_trials`).
     """
     run_dir = Path(info.run_dir)
-    chosen = robust.top_trials(run_dir / "trials.json", top)
-    results = []
-    for r in chosen:
-        log.info("robustness of %s (trial %s) ...", r.design.short(), r.trial_id)
-        results.append(robust.check(task, r, threads, retrain))
+    with tempfile.TemporaryDirectory(prefix="sde-robust-") as tmp:  # checkpoints fetched from a bucket
+        chosen = robust.top_trials(run_dir / "trials.json", top,
+                                   fetch=lambda recorded: storage.fetch_checkpoint(info, recorded, Path(tmp)))
+        results = []
+        for r in chosen:
+            log.info("robustness of %s (trial %s) ...", r.design.short(), r.trial_id)
+            results.append(robust.check(task, r, threads, retrain))
     (run_dir / "robust.json").write_text(json.dumps(results, indent=1))
     md = robust.table(results, task)
     (run_dir / "robust.md").write_text(md)

@@ -391,6 +391,33 @@ def test_resume_from_a_broken_run_json(breaks: Callable[[Path], None], expect: s
     assert code == 2 and expect in err and "Traceback" not in err, err
 
 
+def test_a_resume_trains_with_the_overrides_the_search_started_with(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from sde_search import search
+    from sde_search.config import load_task_and_space
+    from sde_search.runfolder import RunInfo
+
+    folder = make_run(tmp_path / "runs")
+    _edit("run.json", _put("overrides", ["space.budget.num_samples=5", "train.epochs=2"]))(folder)
+    info = RunInfo.load(folder)
+    task, space, space_path = load_task_and_space(str(TASK), None, [])
+    # no --set: the recorded ones apply (the trials of a resumed search train as the earlier ones did)
+    t2, s2 = search._as_started(info, task, space, space_path, search.SearchOptions())
+    assert s2.budget.num_samples == 5 and t2.config.train.epochs == 2
+    assert space.budget.num_samples != 5 and task.config.train.epochs != 2
+    same = search.SearchOptions(overrides=("space.budget.num_samples=5", "train.epochs=2"))
+    assert search._as_started(info, task, space, space_path, same) == (task, space)
+    some = search.SearchOptions(overrides=("train.epochs=2",))  # some of them repeated: all of them apply
+    assert search._as_started(info, task, space, space_path, some)[1].budget.num_samples == 5
+    # another value for a key: one line, exit 2, nothing started
+    code = run_cli(["--task", str(TASK), "--resume", "it", "--runs-dir", str(tmp_path / "runs"),
+                    "--set", "train.epochs=2", "--set", "space.budget.num_samples=7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "--resume it: --set space.budget.num_samples=7 differs from what the search started with (--set " \
+           "space.budget.num_samples=5 --set train.epochs=2)" in err, err
+
+
 def test_run_info_round_trips(tmp_path: Path) -> None:
     from sde_search.runfolder import RunInfo
 

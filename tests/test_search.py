@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import search_cmd, search_env
+from s3bucket import moto_bucket
+
+from sde_search import preflight, storage
+from sde_search.runfolder import RunInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,14 +114,21 @@ def test_killed_driver_then_resume(tmp_path, sig, moment):
     SIGKILL leaves Ray's own processes (GCS, raylet, workers) alive: the resume must stop them, found through the PIDs
     this run recorded, and the search must end with every invariant.
 
-    The SIGINT search keeps Tune's experiment on shared storage (``--storage file://...``) and its driver's run folder
-    is deleted before the resume, as when the driver machine is gone: the resume fetches the folder's copy from the
-    storage and restores Tune from there.
+    The SIGINT search keeps Tune's experiment on shared storage, an S3 bucket (moto's server on 127.0.0.1), and its
+    driver's run folder is deleted before the resume, as when the driver machine is gone: the resume, given only the
+    run's name and the storage, fetches the folder's copy from the bucket, trains with the ``--set`` the search
+    started with, and restores Tune from there.
     """
-    runs, mark, shared = tmp_path / "runs", tmp_path / "hanging", (tmp_path / "shared").as_uri()
+    with contextlib.ExitStack() as stack:
+        shared = stack.enter_context(moto_bucket()) if sig == "SIGINT" else ""
+        _killed_then_resumed(tmp_path, sig, moment, shared)
+
+
+def _killed_then_resumed(tmp_path: Path, sig: str, moment: str, shared: str) -> None:
+    runs, mark = tmp_path / "runs", tmp_path / "hanging"
     small = ["--set", "space.budget.num_samples=4", "--set", "train.epochs=2", "--set", "train.reports_per_epoch=2",
              "--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0",
-             *(["--storage", shared] if sig == "SIGINT" else [])]
+             *(["--storage", shared] if shared else [])]
     env = {**_env(tmp_path), "SDE_FAULT": f"{moment}@2:instruction=first", "SDE_FAULT_MARK": str(mark)}
     proc = subprocess.Popen(_cmd(runs, "--name", "killed", *small), cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,18 +145,25 @@ def test_killed_driver_then_resume(tmp_path, sig, moment):
     _, parent, _ = _mlflow_runs(runs, "killed")
     assert parent.info.status != "FINISHED"
     if sig == "SIGINT":
+        import pyarrow.fs as pafs
+
         assert not (runs / "killed" / "tune").exists()  # Tune's experiment went to the storage
-        assert list((tmp_path / "shared" / "killed" / "tune").glob("trainable_*/checkpoint_*"))
+        fs, tune_dir = pafs.FileSystem.from_uri(storage.experiment_uri(RunInfo.load(runs / "killed")))
+        assert [i for i in fs.get_file_info(pafs.FileSelector(tune_dir, recursive=True)) if "/checkpoint_" in i.path]
+        assert "testing:***@" in out and "testing:testing" not in out  # the hint names the storage, not its secret
         shutil.rmtree(runs / "killed")  # the driver's run folder is lost; MLflow (runs/mlflow.db) is not
-    resumed = subprocess.run(_cmd(runs, "--resume", "killed", *small), cwd=tmp_path, env=_env(tmp_path),
-                             capture_output=True, text=True, timeout=900)
+    # from the storage, no --set: those the search started with come from its run.json
+    again = _cmd(runs, "--resume", "killed", *small) if not shared else \
+        [*_cmd(runs)[:_cmd(runs).index("--runs-dir") + 2], "--resume", "killed", "--storage", shared]
+    resumed = subprocess.run(again, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming killed" in resumed.stdout
     if sig == "SIGKILL":
         assert "Ray processes left by the interrupted driver" in resumed.stdout
     else:
-        assert "fetched" in resumed.stdout and f"resuming killed from {shared}/killed/tune" in resumed.stdout
-        assert (tmp_path / "shared" / "killed" / "report.md").exists()  # the end's copy
+        assert "fetched" in resumed.stdout and "resuming killed with the overrides it started with" in resumed.stdout
+        assert f"resuming killed from {preflight.redacted(storage.join(shared, 'killed', 'tune'))}" in resumed.stdout
+        assert storage.exists(storage.join(shared, "killed", "report.md"))  # the end's copy
     import psutil
 
     assert not [p["pid"] for p in ray_pids if psutil.pid_exists(p["pid"]) and

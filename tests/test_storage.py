@@ -1,17 +1,21 @@
 """Shared storage (``--storage``): the run folder's copy, Tune's state for a resume, and the checks before a search.
 
-Every function goes through pyarrow's filesystems, so a plain folder and a ``file://`` URI run the code a bucket
-would; both are tested.
+Every function goes through pyarrow's filesystems: a plain folder, a ``file://`` URI and an S3 bucket (moto's
+server on 127.0.0.1, reached over HTTP as any S3-compatible store) are tested.
 """
 
 import json
+import pickle
+import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from s3bucket import moto_bucket
 
 from sde_search import preflight, storage
 from sde_search.config import ConfigError
@@ -80,6 +84,67 @@ def test_a_copy_that_fails_is_logged_and_the_search_goes_on(tmp_path, caplog):
     mirror.relocate(_info(run_dir, str(tmp_path / "ok")))
     mirror.on_experiment_end([])
     assert (tmp_path / "ok" / "r1" / "run.json").exists()
+
+
+def test_the_periodic_copy_sends_only_what_changed_and_the_last_one_everything(tmp_path):
+    run_dir = tmp_path / "r1"
+    _run_folder(run_dir)
+    shared = tmp_path / "shared"
+    mirror = storage.RunMirror(_info(run_dir, str(shared)))
+    assert mirror.push(changed_only=True) == 6  # the first copy: every file
+    assert mirror.push(changed_only=True) == 0  # nothing changed
+    (run_dir / "results" / "a.jsonl").write_text('{"report": 1}\n{"report": 2}\n')
+    with sqlite3.connect(run_dir / "optuna.db") as db:
+        db.execute("insert into trials values (8)")
+    assert mirror.push(changed_only=True) == 2  # the grown result log and the study
+    assert (shared / "r1" / "results" / "a.jsonl").read_text().count("report") == 2
+    with sqlite3.connect(shared / "r1" / "optuna.db") as db:
+        assert db.execute("select n from trials order by n").fetchall() == [(7,), (8,)]
+    (shared / "r1" / "report.md").unlink()  # lost on the storage: the copy at the end sends everything again
+    mirror.on_experiment_end([])
+    assert (shared / "r1" / "report.md").read_text() == "# report"
+    restored = pickle.loads(pickle.dumps(mirror))  # as Tune saves and restores its callbacks
+    assert restored.copied == {} and restored.push(changed_only=True) == 6
+
+
+def test_robust_fetches_a_checkpoint_recorded_inside_a_bucket(tmp_path):
+    shared = tmp_path / "bucket"
+    ckpt = shared / "prefix" / "r1" / "tune" / "trainable_a" / "checkpoint_000011"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter.bin").write_text("weights")
+    info = _info(tmp_path / "runs" / "r1", (shared / "prefix").as_uri())
+    recorded = "bkt/prefix/r1/tune/trainable_a/checkpoint_000011"  # how Tune records a checkpoint on s3://bkt/prefix
+    got = storage.fetch_checkpoint(info, recorded, tmp_path / "fetched")
+    assert got is not None and (got / "adapter.bin").read_text() == "weights"
+    assert storage.fetch_checkpoint(info, recorded.replace("_000011", "_000099"), tmp_path / "f2") is None
+    assert storage.fetch_checkpoint(info, "/elsewhere/r2/tune/x/checkpoint_000001", tmp_path / "f3") is None
+    assert storage.fetch_checkpoint(_info(tmp_path, ""), recorded, tmp_path / "f4") is None  # no storage
+
+    from sde_search import robust
+    from sde_search.design import ES_SDE
+    trials = tmp_path / "trials.json"
+    row = {"trial_id": "a", "design": ES_SDE.to_params(), "hparams": {}, "status": "full",
+           "metrics": {"score": 0.5, "report": 12}, "checkpoint": recorded}
+    trials.write_text(json.dumps([row]))
+    with pytest.raises(ConfigError, match="checkpoints of the top trials are gone"):
+        robust.top_trials(trials, 1)  # without the storage: not on this disk
+    chosen = robust.top_trials(trials, 1, fetch=lambda p: storage.fetch_checkpoint(info, p, tmp_path / "f5"))
+    assert (Path(str(chosen[0].checkpoint)) / "adapter.bin").exists()
+
+
+def test_a_uri_query_stays_at_the_end_and_secrets_are_never_shown():
+    uri = "s3://bkt/sde?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join(uri, "r1", "tune") == "s3://bkt/sde/r1/tune?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join("/shared/sde", "r1") == "/shared/sde/r1"
+    info = _info(Path("/runs/r1"), uri)
+    assert storage.run_uri(info) == "s3://bkt/sde/r1?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.run_uri(_info(Path("/runs/r1"), "")) == "/runs/r1"
+    assert preflight.redacted("s3://AKIA:SECRET@bkt/p") == "s3://AKIA:***@bkt/p"
+    shown = preflight.redacted("s3://bkt/p?access_key=A1&secret_key=S1&session_token=T1&region=eu&scheme=http")
+    assert shown == "s3://bkt/p?access_key=***&secret_key=***&session_token=***&region=eu&scheme=http"
+    assert preflight.redacted("/plain/path") == "/plain/path"
+    problems = preflight.storage_problems("nosuchfs://user:hunter2@host/x?secret_key=hunter2")
+    assert len(problems) == 1 and "hunter2" not in problems[0] and "***" in problems[0]
 
 
 def _experiment(root: Path) -> None:
@@ -167,3 +232,49 @@ def test_a_bad_storage_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([*cmd, "--set", "tracking.storage=bogus://b/x"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "tracking.storage: bogus://b/x: pyarrow cannot open it" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    with moto_bucket() as uri:
+        yield uri
+
+
+def test_an_s3_bucket_holds_the_copy_the_state_and_the_checkpoints(tmp_path, s3, caplog):
+    import pyarrow.fs as pafs
+
+    assert preflight.storage_problems(s3) == []
+    run_dir = tmp_path / "runs" / "r1"
+    _run_folder(run_dir)
+    info = _info(run_dir, s3)
+    mirror = storage.RunMirror(info)
+    assert mirror.push(changed_only=True) == 6 and mirror.push(changed_only=True) == 0
+    elsewhere = tmp_path / "other-driver" / "r1"
+    assert storage.pull_run(s3, "r1", elsewhere) == 6
+    with sqlite3.connect(elsewhere / "optuna.db") as db:
+        assert db.execute("select n from trials").fetchall() == [(7,)]
+    # Tune's experiment in the bucket: the resume's state round trip, and a checkpoint robust fetches
+    fs, root = pafs.FileSystem.from_uri(storage.experiment_uri(info))
+    for rel, text in [("tuner.pkl", "t"), ("experiment_state-2.json", "{}"), ("trainable_a/result.json", "{}"),
+                      ("trainable_a/checkpoint_000001/adapter.bin", "weights"), ("trainable_b/params.json", "{}")]:
+        fs.create_dir(f"{root}/{rel}".rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(f"{root}/{rel}") as out:
+            out.write(text.encode())
+    local = storage.pull_state(info)
+    assert sorted(p.name for p in local.iterdir()) == ["experiment_state-2.json", "trainable_a", "trainable_b",
+                                                       "tuner.pkl"]
+    assert not (local / "trainable_a" / "checkpoint_000001").exists()  # state only, never a checkpoint
+    shutil.rmtree(local / "trainable_b")  # a repair moved it out
+    storage.push_state(info)
+    assert fs.get_file_info(f"{root}/trainable_b").type == pafs.FileType.NotFound
+    assert fs.get_file_info(f"{root.rsplit('/', 1)[0]}/orphans/trainable_b/params.json").type == pafs.FileType.File
+    got = storage.fetch_checkpoint(info, f"{root}/trainable_a/checkpoint_000001", tmp_path / "robust")
+    assert got is not None and (got / "adapter.bin").read_text() == "weights"
+    storage.discard_experiment(info)  # a search killed before Tune saved a usable state: set aside, not deleted
+    assert not storage.exists(storage.experiment_uri(info))
+    kept = fs.get_file_info(pafs.FileSelector(f"{root.rsplit('/', 1)[0]}/discarded", recursive=True))
+    assert sum(i.path.endswith("/tune/trainable_a/checkpoint_000001/adapter.bin") for i in kept) == 1
+    # the credentials in the URI never reach a message
+    broken = storage.RunMirror(_info(run_dir, s3.replace("sde-bucket", "no-such-bucket")))
+    assert broken.push() == 0 and "copying the run folder" in caplog.text
+    assert "testing:***@" in caplog.text and "testing:testing" not in caplog.text
