@@ -25,6 +25,16 @@ calibrated; the quick space is cut to its 24 designs of that time (no No-inst, n
 FIXED_SPACE = ["--set", "space.design.instruction=[first, last]", "--set", "space.design.prompt_loss=exclude"]
 
 
+MACHINERY = ["--set", "data.max_train=100"]
+"""Added to a small search that tests the machinery (faults, a killed driver, tracking, warm start), whose
+assertions hold whatever a trial learns: a quarter of the training records, so each trial trains about a quarter
+as long (the reports, rungs and fault points stay where they were). Its trials then learn next to nothing (mostly
+one constant answer: kappa 0 ties at every rung), so ASHA rarely stops one: not for searches that need a stop
+(``small_search``, the kill chain's rung moment)."""
+NO_SEED_STAGE = ["--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0"]
+"""The smallest seed stage (ES-SDE and the baseline, one seed each), for tests that do not test it."""
+
+
 def search_cmd(runs: Path, *extra: str) -> list[str]:
     """``sde-search`` on :data:`TASK` with a small budget (6 trials, 3 epochs of 400 records: 75 steps)."""
     return [sys.executable, "-m", "sde_search.cli", "--task", str(TASK), "--runs-dir", str(runs), *SMALL,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, search_cmd, search_env
+from conftest import MACHINERY, NO_SEED_STAGE, ROOT, search_cmd, search_env
 
 pytestmark = pytest.mark.slow
 
@@ -150,8 +150,9 @@ def test_warm_start_enqueues_the_earlier_winner(small_search):
     assert warm  # the earlier search has full-budget designs
     trials = max(3, len(warm) + 1)  # one sampled trial after the warm ones (n_startup_trials is 2)
     cmd = [a.replace("num_samples=6", f"num_samples={trials}") for a in search_cmd(runs, "--name", "warm")]
+    # what trials learn and the seed stage are not what this tests: few records, the smallest seed stage
     cmd += ["--set", "space.baselines=[]", "--set", "space.asha.enabled=false", "--set", "train.epochs=1",
-            "--warm-start", "it"]
+            *MACHINERY, *NO_SEED_STAGE, "--warm-start", "it"]
     proc = subprocess.run(cmd, cwd=runs.parent, env=search_env(runs.parent), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

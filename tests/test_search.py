@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import search_cmd, search_env
+from conftest import MACHINERY, NO_SEED_STAGE, search_cmd, search_env
 from s3bucket import moto_bucket
 
 from sde_search import preflight, storage
@@ -23,11 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-NO_SEED_STAGE = ("--set", "space.budget.seeds=1", "--set", "space.budget.seed_top=0")  # not what these tests test
-
-
 def _cmd(runs: Path, *extra: str) -> list[str]:
-    return search_cmd(runs, *extra)
+    """The small search with a quarter of its training records: what these tests check holds whatever trials learn."""
+    return search_cmd(runs, *MACHINERY, *extra)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -179,17 +177,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_listening(port: int, timeout: float = 120) -> None:
-    import socket
+def _wait_healthy(port: int, timeout: float = 120) -> None:
+    """Waits until the MLflow server on ``port`` answers its health check (as the search's own check will)."""
+    import urllib.request
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                time.sleep(3)  # the GCS listens before the raylet has registered
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            if r.status == 200:
                 return
-        time.sleep(1)
-    raise AssertionError(f"ray start --head never listened on {port}")
+        time.sleep(0.2)
+    raise AssertionError(f"the MLflow server on port {port} never answered /health")
 
 
 def test_failing_trials_never_take_the_search_down(tmp_path):
@@ -249,7 +247,7 @@ def test_tracking_server_goes_away_and_every_listener_is_loopback(tmp_path):
                               env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        _wait_listening(port)
+        _wait_healthy(port)
         search = subprocess.Popen(_cmd(tmp_path / "runs", "--name", "away", "--tracking-uri",
                                        f"http://127.0.0.1:{port}", *NO_SEED_STAGE),
                                   cwd=tmp_path, env=_env(tmp_path), text=True, stdout=subprocess.PIPE,
