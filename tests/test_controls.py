@@ -4,9 +4,10 @@ Negative: a MASA task with one aspect list (tests/masa_fixed, the earlier demo) 
 across records, so that nothing in an input predicts its labels. Whatever the model learns, the report must say
 that no design reads the input and call no gain real. Positive: the same search on the real labels finds a design
 that reads the input. Both search that task's best design family (Inst-first, natural, omit, no prompt loss) on its
-400 training records for 6 epochs (half the task's 12: on real labels that family already beats both trivial
-answers by a wide margin after 5-6 epochs, and training is most of this test's time); the seed stage trains the
-best design, ES-SDE and the paper baseline with 2 seeds each.
+400 training records for 6 epochs, half the task's 12 (training is most of this test's time, and on real labels 6
+epochs leave a wide margin: at training seeds 0, 1 and 2 the winner's eval accuracy beat the majority answer by
+0.23-0.27, the interval's low end by 0.12-0.14); the seed stage trains the best design, ES-SDE and the paper
+baseline with 2 seeds each.
 """
 
 from __future__ import annotations
