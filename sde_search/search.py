@@ -252,14 +252,14 @@ def _as_started(info: RunInfo, task: Task, space: SpaceConfig, space_path: Path,
     def values(sets: tuple[str, ...]) -> dict[str, str]:  # the value each key ends with (a later --set wins)
         return dict(s.split("=", 1) if "=" in s else (s, "") for s in sets)
 
-    was = values(started)
+    was, as_given = values(started), " ".join(f"--set {s}" for s in started)
     clash = [f"{k}={v}" for k, v in values(given).items() if was.get(k) != v]
     if clash:
         raise ConfigError([f"--resume {info.name}: --set {' --set '.join(clash)} differs from what the search started "
-                           f"with ({' '.join(f'--set {s}' for s in started) or 'no --set'}); a resume continues the "
-                           "same search: give the same --set, or none"])
+                           f"with ({as_given or 'no --set'}); a resume continues the same search: give the same "
+                           "--set, or none"])
     recorded = Path(info.space_path)
-    log.info(f"resuming {info.name} with the overrides it started with: {' '.join(f'--set {s}' for s in started)}")
+    log.info(f"resuming {info.name} with the overrides it started with: {as_given}")
     task, space, _ = load_task_and_space(str(task.path), str(recorded if recorded.is_file() else space_path),
                                          started, options.address, new_search=False)
     return task, space
@@ -323,10 +323,11 @@ def _find_run(runs_dir: Path, which: str, task: Task, shared: str | None = None)
     """The run folder ``--resume`` names; one missing here is fetched from the storage when one is given."""
     if which != "latest":
         path = runs_dir / which
-        copy = preflight.redacted(storage.join(storage.resolve(shared), which)) if shared else ""
-        if not (path / "run.json").exists() and copy:
+        base = storage.resolve(shared) if shared else ""
+        copy = preflight.redacted(storage.join(base, which)) if base else ""
+        if not (path / "run.json").exists() and base:
             check_run_name(which)
-            fetched = storage.pull_run(storage.resolve(shared), which, path)
+            fetched = storage.pull_run(base, which, path)
             if fetched:
                 log.info(f"fetched {fetched} files of run {which} from {copy}")
         if not (path / "run.json").exists():
